@@ -1,0 +1,22 @@
+"""paddlemix_qwen25vl: Qwen2.5-VL (3B / 7B / 72B) for PaddlePaddle, equal to the reference implementation."""
+
+from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig, config_preset
+from .loading import CheckpointError, resolve_model_path
+from .modeling import Qwen2_5_VLCausalLMOutputWithPast, Qwen2_5_VLForConditionalGeneration
+from .runtime import set_num_threads
+
+__version__ = "0.1.0"
+
+# Paddle runs CPU kernels on one thread unless told otherwise; use the machine's cores.
+set_num_threads()
+
+__all__ = [
+    "Qwen2_5_VLConfig",
+    "Qwen2_5_VLVisionConfig",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen2_5_VLCausalLMOutputWithPast",
+    "CheckpointError",
+    "config_preset",
+    "resolve_model_path",
+    "set_num_threads",
+]

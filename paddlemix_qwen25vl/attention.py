@@ -1,0 +1,201 @@
+"""The one attention dispatch point of the library.
+
+``attn_implementation`` picks the kernel for both towers:
+
+- ``"eager"``: matmul + additive mask + float32 softmax, exactly the reference's eager path;
+- ``"sdpa"``: ``paddle.nn.functional.scaled_dot_product_attention``;
+- ``"flash_attention_2"``: variable-length flash attention, Paddle's kernel on GPUs that
+  have it, otherwise this library's custom operator (``external_ops/``); where neither is
+  available it falls back to ``"sdpa"`` with one logged warning instead of crashing.
+
+Two entry points: :func:`dense_attention` for padded batches ``[B, L, H, D]`` with an
+additive mask (the decoder), and :func:`varlen_attention` for packed sequences
+``[total, H, D]`` delimited by ``cu_seqlens`` (the vision tower's windows and frames,
+packed training). Neither builds a mask spanning unrelated sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+__all__ = ["dense_attention", "varlen_attention", "causal_padding_mask", "resolve_attn_implementation"]
+
+logger = logging.getLogger(__name__)
+_warned = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _paddle_flash_available(q: paddle.Tensor) -> bool:
+    """Paddle's own flash kernels: CUDA builds on Ampere (sm80) or newer, fp16/bf16 only."""
+    if not (paddle.is_compiled_with_cuda() and "gpu" in str(q.place).lower()):
+        return False
+    if q.dtype not in (paddle.float16, paddle.bfloat16):
+        return False
+    major, _ = paddle.device.cuda.get_device_capability()
+    return major >= 8
+
+
+def _custom_op_available() -> bool:
+    try:
+        from .ops import has_flash_attn_op
+    except ImportError:
+        return False
+    return has_flash_attn_op()
+
+
+def resolve_attn_implementation(requested: str, q: paddle.Tensor) -> str:
+    """The implementation that will actually run for ``requested`` on ``q``'s device and dtype."""
+    if requested != "flash_attention_2":
+        return requested
+    if _paddle_flash_available(q) or _custom_op_available():
+        return requested
+    _warn_once(
+        "attn_implementation='flash_attention_2' is unavailable here (no Paddle flash kernel for this "
+        f"device/dtype and the custom operator in external_ops/ is not built); using 'sdpa' instead."
+    )
+    return "sdpa"
+
+
+def causal_padding_mask(
+    attention_mask: Optional[paddle.Tensor], batch_size: int, query_length: int, past_length: int, dtype: str
+) -> paddle.Tensor:
+    """Additive mask ``[B, 1, Lq, past + Lq]``: 0 where query i may attend key j, dtype-min elsewhere.
+
+    Query i sits at absolute position ``past + i``; it sees keys at positions <= its own that
+    ``attention_mask`` ([B, past + Lq], 1 = real token) marks as real.
+    """
+    key_length = past_length + query_length
+    query_pos = paddle.arange(past_length, key_length).reshape([-1, 1])
+    allowed = paddle.arange(key_length).reshape([1, -1]) <= query_pos  # [Lq, Lk]
+    allowed = allowed.unsqueeze(0).expand([batch_size, query_length, key_length])
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != key_length:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache holds {past_length} and "
+                f"{query_length} are new: expected {key_length}"
+            )
+        allowed = paddle.logical_and(allowed, (attention_mask == 1).unsqueeze(1))
+    zero = paddle.zeros([], dtype=dtype)
+    minimum = paddle.full([], paddle.finfo(dtype).min, dtype=dtype)
+    return paddle.where(allowed, zero, minimum).unsqueeze(1)
+
+
+def _eager(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: Optional[paddle.Tensor], scale: float) -> paddle.Tensor:
+    """Reference math on [B, L, H, D]; kv heads are repeated for grouped-query attention."""
+    groups = q.shape[2] // k.shape[2]
+    if groups > 1:
+        k = paddle.repeat_interleave(k, groups, axis=2)
+        v = paddle.repeat_interleave(v, groups, axis=2)
+    q, k, v = (x.transpose([0, 2, 1, 3]) for x in (q, k, v))  # [B, H, L, D]
+    scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, H, Lq, Lk]
+    if mask is not None:
+        scores = scores + mask
+    probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+    return paddle.matmul(probs, v).transpose([0, 2, 1, 3])  # [B, Lq, H, D]
+
+
+def dense_attention(
+    q: paddle.Tensor,
+    k: paddle.Tensor,
+    v: paddle.Tensor,
+    mask: Optional[paddle.Tensor],
+    implementation: str,
+    scale: Optional[float] = None,
+) -> paddle.Tensor:
+    """Attention over padded batches: q ``[B, Lq, H, D]``, k/v ``[B, Lk, KVH, D]`` -> ``[B, Lq, H, D]``.
+
+    ``mask`` is additive and broadcastable to ``[B, H, Lq, Lk]``. ``flash_attention_2`` is
+    handled by the caller through :func:`varlen_attention` (it needs unpadded tokens).
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if implementation == "eager":
+        return _eager(q, k, v, mask, scale)
+    if implementation == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, training=False)
+    raise ValueError(f"dense_attention does not run {implementation!r}")
+
+
+def _bottom_right_causal(len_q: int, len_k: int, dtype: str) -> paddle.Tensor:
+    """Additive causal mask aligning the last query with the last key (flash-attn convention)."""
+    allowed = np.arange(len_k)[None, :] <= np.arange(len_q)[:, None] + (len_k - len_q)
+    return paddle.to_tensor(np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)).astype(dtype)
+
+
+def varlen_attention(
+    q: paddle.Tensor,
+    k: paddle.Tensor,
+    v: paddle.Tensor,
+    cu_seqlens_q: np.ndarray,
+    cu_seqlens_k: np.ndarray,
+    implementation: str,
+    causal: bool = False,
+    scale: Optional[float] = None,
+) -> paddle.Tensor:
+    """Attention within each packed sequence: q ``[Tq, H, D]``, k/v ``[Tk, KVH, D]`` -> ``[Tq, H, D]``.
+
+    Sequence i spans ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` of q and the matching slice of k/v;
+    tokens never attend across sequences. ``causal`` aligns the last query with the last key.
+    For eager/sdpa, sequences of equal length run as one batch (no cross-sequence mask).
+    """
+    cu_q = np.asarray(cu_seqlens_q, dtype=np.int64)
+    cu_k = np.asarray(cu_seqlens_k, dtype=np.int64)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if implementation == "flash_attention_2":
+        return _flash_varlen(q, k, v, cu_q, cu_k, causal, scale)
+    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
+    groups = {}
+    for i, key in enumerate(zip(len_q.tolist(), len_k.tolist())):
+        groups.setdefault(key, []).append(i)
+    pieces, rows = [], []
+    for (lq, lk), members in groups.items():
+        if lq == 0:
+            continue
+        starts_q, starts_k = cu_q[members], cu_k[members]
+        index_q = paddle.to_tensor((starts_q[:, None] + np.arange(lq)[None, :]).reshape(-1))
+        index_k = paddle.to_tensor((starts_k[:, None] + np.arange(lk)[None, :]).reshape(-1))
+        n = len(members)
+        qg = paddle.gather(q, index_q).reshape([n, lq, q.shape[1], q.shape[2]])
+        kg = paddle.gather(k, index_k).reshape([n, lk, k.shape[1], k.shape[2]])
+        vg = paddle.gather(v, index_k).reshape([n, lk, v.shape[1], v.shape[2]])
+        mask = _bottom_right_causal(lq, lk, q.dtype) if causal else None
+        pieces.append(dense_attention(qg, kg, vg, mask, implementation, scale).reshape([n * lq, q.shape[1], -1]))
+        rows.append(index_q)
+    out = paddle.zeros_like(q)
+    if not pieces:
+        return out
+    return paddle.scatter(out, paddle.concat(rows), paddle.concat(pieces), overwrite=True)
+
+
+def _flash_varlen(
+    q: paddle.Tensor,
+    k: paddle.Tensor,
+    v: paddle.Tensor,
+    cu_q: np.ndarray,
+    cu_k: np.ndarray,
+    causal: bool,
+    scale: float,
+) -> paddle.Tensor:
+    max_q, max_k = int(np.diff(cu_q).max()), int(np.diff(cu_k).max())
+    cu_q_t = paddle.to_tensor(cu_q.astype(np.int32))
+    cu_k_t = paddle.to_tensor(cu_k.astype(np.int32))
+    if _paddle_flash_available(q):
+        from paddle.nn.functional.flash_attention import flash_attn_unpadded
+
+        out, _ = flash_attn_unpadded(
+            q, k, v, cu_q_t, cu_k_t, max_q, max_k, scale=scale, dropout=0.0, causal=causal, training=False
+        )
+        return out
+    from .ops import flash_attn_varlen_func
+
+    return flash_attn_varlen_func(q, k, v, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=causal)

@@ -1,0 +1,147 @@
+"""Reading and writing checkpoint files, tensor by tensor.
+
+A small safetensors reader/writer over ``numpy.memmap``: it reads one tensor (or one slice
+of one tensor) at a time, so loading never holds two full copies of a model, handles
+bfloat16 (which numpy lacks) as raw 16-bit words, and reports a truncated or corrupt file
+by name instead of crashing. Paddle ``.pdparams`` files are read whole (that format has
+no random access).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import paddle
+
+__all__ = ["SafetensorsFile", "write_safetensors", "to_float32", "read_pdparams", "tensor_to_numpy", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or its contents cannot be used; the message names the file and key."""
+
+
+# safetensors dtype -> numpy storage dtype (bfloat16 is kept as raw uint16 words).
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_NAMES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+          np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
+          np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+
+
+def to_float32(array: np.ndarray, dtype_name: str) -> np.ndarray:
+    """Float32 copy of a stored tensor; bfloat16 words are widened exactly (bits << 16)."""
+    if dtype_name == "BF16":
+        return (np.asarray(array, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(array, dtype=np.float32)
+
+
+class SafetensorsFile:
+    """Random access to the tensors of one ``.safetensors`` file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise CheckpointError(f"{path}: truncated or not a safetensors file (header of {header_len} bytes)")
+            try:
+                header = json.loads(f.read(header_len))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+        self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+        self._offset = 8 + header_len
+        self._entries = header
+        data_size = size - self._offset
+        for name, entry in header.items():
+            if entry.get("dtype") not in _DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
+            begin, end = entry["data_offsets"]
+            if end > data_size:
+                raise CheckpointError(
+                    f"{path}: truncated file: tensor {name!r} needs bytes {begin}..{end} but only {data_size} "
+                    "bytes of data are present (incomplete download?)"
+                )
+        self._memmap: Optional[np.memmap] = None
+
+    def keys(self) -> List[str]:
+        """Tensor names in the file."""
+        return list(self._entries)
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        """Shape of tensor ``name``."""
+        return tuple(self._entries[name]["shape"])
+
+    def dtype_name(self, name: str) -> str:
+        """safetensors dtype name (``"F32"``, ``"BF16"``, ...) of tensor ``name``."""
+        return self._entries[name]["dtype"]
+
+    def raw(self, name: str) -> np.ndarray:
+        """Read-only view of the stored tensor (bfloat16 as uint16 words); nothing is copied yet."""
+        if self._memmap is None:
+            self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._offset)
+        entry = self._entries[name]
+        begin, end = entry["data_offsets"]
+        return self._memmap[begin:end].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def close(self) -> None:
+        """Release the memory map."""
+        self._memmap = None
+
+
+def write_safetensors(path: str, tensors: Dict[str, Tuple[np.ndarray, str]], metadata: Dict[str, str]) -> None:
+    """Write ``{name: (array, dtype_name)}`` as safetensors; arrays are written in the order given."""
+    header: Dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, (array, dtype_name) in tensors.items():
+        header[name] = {"dtype": dtype_name, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for array, _ in tensors.values():
+            f.write(np.ascontiguousarray(array).tobytes())
+    os.replace(tmp, path)
+
+
+def tensor_to_numpy(tensor: paddle.Tensor) -> Tuple[np.ndarray, str]:
+    """Host copy of a paddle tensor with its safetensors dtype name (bfloat16 as uint16 words)."""
+    if tensor.dtype == paddle.bfloat16:
+        return tensor.cpu().view(paddle.uint16).numpy(), "BF16"
+    array = tensor.cpu().numpy()
+    return array, _NAMES[array.dtype]
+
+
+def read_pdparams(path: str) -> Iterator[Tuple[str, np.ndarray, str]]:
+    """Yield ``(name, array, dtype_name)`` from a Paddle ``.pdparams`` state dict."""
+    try:
+        state = paddle.load(path)
+    except Exception as err:  # paddle raises assorted types for damaged pickles
+        raise CheckpointError(f"{path}: cannot read Paddle checkpoint ({type(err).__name__}: {err})") from None
+    for name in list(state):
+        value = state.pop(name)
+        if isinstance(value, paddle.Tensor):
+            yield (name, *tensor_to_numpy(value))
+        else:
+            array = np.asarray(value)
+            yield name, array, _NAMES[array.dtype]

@@ -1,0 +1,47 @@
+"""Building blocks shared by the vision tower and the decoder: RMSNorm and the SwiGLU MLP."""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+__all__ = ["RMSNorm", "SwiGLUMLP", "ACT2FN"]
+
+ACT2FN = {"silu": F.silu, "gelu": F.gelu, "quick_gelu": lambda x: x * F.sigmoid(1.702 * x)}
+
+
+class RMSNorm(nn.Layer):
+    """Root-mean-square norm; the variance is taken in float32 whatever the input dtype."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.astype("float32")
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * paddle.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.astype(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class SwiGLUMLP(nn.Layer):
+    """down(act(gate(x)) * up(x)); with bias in the vision tower, without in the decoder."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool) -> None:
+        super().__init__()
+        bias_attr = None if bias else False
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias_attr=bias_attr)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias_attr=bias_attr)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias_attr=bias_attr)
+        if hidden_act not in ACT2FN:
+            raise ValueError(f"unsupported hidden_act {hidden_act!r}; expected one of {', '.join(ACT2FN)}")
+        self.act_fn = ACT2FN[hidden_act]
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,213 @@
+"""Where checkpoint weights are found, named and laid out: the one weight-mapping module.
+
+Accepted checkpoints (a local directory or a hub id):
+
+- Hugging Face safetensors, one file or sharded with ``model.safetensors.index.json``, in the
+  released key layout (``visual.*``, ``model.*``, ``lm_head.*``) or the transformers >= 4.52
+  one (``model.visual.*``, ``model.language_model.*``);
+- Paddle checkpoints (PaddleMIX, ``save_pretrained``): the same names with Linear weights
+  already ``[in, out]``, as safetensors or ``model_state.pdparams``.
+
+Torch Linear weights are ``[out, in]`` and Paddle's are ``[in, out]``: every ``nn.Linear``
+weight of the model is transposed when it comes from a torch checkpoint; Conv3D kernels,
+embeddings, norms and biases never are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from tqdm.auto import tqdm
+
+from .checkpoint_io import CheckpointError, SafetensorsFile, read_pdparams, tensor_to_numpy, to_float32, write_safetensors
+
+__all__ = ["resolve_model_path", "load_weights", "save_weights", "checkpoint_name", "CheckpointError"]
+
+logger = logging.getLogger(__name__)
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+PDPARAMS_SINGLE = "model_state.pdparams"
+PDPARAMS_INDEX = "model_state.pdparams.index.json"
+# Key prefixes of the transformers >= 4.52 layout -> the released layout used here.
+_RENAMES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+_TORCH_FORMATS = ("pt", "torch")
+
+
+def checkpoint_name(key: str) -> str:
+    """Map a checkpoint key of either Hugging Face layout to this library's parameter name."""
+    for old, new in _RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local checkpoint directory for ``name_or_path`` (a directory or a hub id such as
+    ``Qwen/Qwen2.5-VL-3B-Instruct``), looking in the local Hugging Face cache before downloading."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    looked = [f"local directory {os.path.abspath(name_or_path)!r} (does not exist)"]
+    parts = name_or_path.split("/")
+    if len(parts) == 2 and all(parts) and not name_or_path.startswith((".", "/")):
+        from huggingface_hub import constants, snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.pdparams"]
+        try:
+            return snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=True)
+        except Exception as err:  # not cached (LocalEntryNotFoundError and friends)
+            looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE!r} ({type(err).__name__})")
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                return snapshot_download(name_or_path, allow_patterns=patterns)
+            except Exception as err:
+                looked.append(f"download from the Hugging Face Hub failed ({type(err).__name__}: {err})")
+        else:
+            looked.append("download skipped: HF_HUB_OFFLINE is set")
+    raise FileNotFoundError(f"cannot find checkpoint {name_or_path!r}; looked in: " + "; ".join(looked))
+
+
+def _shard_files(path: str) -> List[str]:
+    """Weight files of a checkpoint directory, in load order."""
+    for index_name in (SAFE_INDEX, PDPARAMS_INDEX):
+        index_path = os.path.join(path, index_name)
+        if os.path.exists(index_path):
+            with open(index_path) as f:
+                weight_map = json.load(f).get("weight_map", {})
+            files = sorted(set(weight_map.values()))
+            missing = [name for name in files if not os.path.exists(os.path.join(path, name))]
+            if missing:
+                raise CheckpointError(f"{index_path} lists shard files that are missing: {', '.join(missing)}")
+            return [os.path.join(path, name) for name in files]
+    for single in (SAFE_SINGLE, PDPARAMS_SINGLE):
+        if os.path.exists(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+    found = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".pdparams")))
+    if found:
+        return [os.path.join(path, f) for f in found]
+    raise CheckpointError(
+        f"no weights in {path}: expected {SAFE_SINGLE}, {SAFE_INDEX} (+ shards), {PDPARAMS_SINGLE} or other "
+        "*.safetensors / *.pdparams files"
+    )
+
+
+def _linear_weight_names(model: nn.Layer) -> set:
+    return {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+
+
+def _file_is_torch_layout(
+    reader: SafetensorsFile, params: Dict[str, paddle.Tensor], linear_weights: set
+) -> bool:
+    """Torch layout unless the file says Paddle; without metadata, decided by a non-square Linear weight."""
+    declared = reader.metadata.get("format")
+    if declared is not None:
+        return declared in _TORCH_FORMATS
+    for key in reader.keys():
+        name = checkpoint_name(key)
+        if name in linear_weights and name in params:
+            expected = tuple(params[name].shape)
+            if expected[0] != expected[1]:
+                return reader.shape(key) == expected[::-1]
+    return True
+
+
+def _iter_file(path: str, params: Dict[str, paddle.Tensor], linear_weights: set) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
+    """Yield ``(key, stored array, dtype name, torch layout)`` for every tensor of one file."""
+    if path.endswith(".pdparams"):
+        for key, array, dtype_name in read_pdparams(path):
+            yield key, array, dtype_name, False
+        return
+    reader = SafetensorsFile(path)
+    torch_layout = _file_is_torch_layout(reader, params, linear_weights)
+    for key in reader.keys():
+        yield key, reader.raw(key), reader.dtype_name(key), torch_layout
+    reader.close()
+
+
+def _count_tensors(files: List[str]) -> Optional[int]:
+    if all(f.endswith(".safetensors") for f in files):
+        return sum(len(SafetensorsFile(f).keys()) for f in files)
+    return None
+
+
+def _limited(names: List[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) -> None:
+    """Stream every weight file of checkpoint directory ``path`` into ``model``'s parameters.
+
+    Tensors are read, converted to the parameter's dtype (and transposed for torch Linear
+    weights) and assigned one at a time. Any missing, unexpected or mis-shaped key raises a
+    :class:`CheckpointError` listing them; no parameter is left randomly initialised.
+    ``ignore_keys`` are checkpoint keys to skip silently (e.g. a tied ``lm_head.weight``).
+    """
+    params = dict(model.named_parameters())
+    linear_weights = _linear_weight_names(model)
+    files = _shard_files(path)
+    loaded, unexpected, mismatched = set(), [], []
+    with tqdm(total=_count_tensors(files), desc="Loading weights", unit="tensor", disable=None) as progress:
+        for file in files:
+            for key, stored, dtype_name, torch_layout in _iter_file(file, params, linear_weights):
+                progress.update(1)
+                name = checkpoint_name(key)
+                if name in ignore_keys:
+                    continue
+                if name not in params:
+                    unexpected.append(key)
+                    continue
+                param = params[name]
+                transpose = torch_layout and name in linear_weights
+                shape = tuple(stored.shape[::-1] if transpose else stored.shape)
+                if shape != tuple(param.shape):
+                    mismatched.append(f"{key} {list(stored.shape)} in {os.path.basename(file)} vs {list(param.shape)}")
+                    continue
+                value = to_float32(stored, dtype_name)
+                value = np.ascontiguousarray(value.T) if transpose else value
+                tensor = paddle.to_tensor(value)
+                param.set_value(tensor if param.dtype == paddle.float32 else tensor.astype(param.dtype))
+                loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_limited(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_limited(unexpected)}")
+    if mismatched:
+        problems.append(f"mis-shaped keys ({len(mismatched)}, checkpoint vs model): {_limited(mismatched)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(problems))
+
+
+def save_weights(model: nn.Layer, path: str, max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write ``model``'s parameters as a Paddle-layout safetensors checkpoint (sharded above
+    ``max_shard_bytes``), copying one shard at a time to the host."""
+    os.makedirs(path, exist_ok=True)
+    params = dict(model.named_parameters())
+    shards: List[List[str]] = [[]]
+    size = total = 0
+    for name, param in params.items():
+        nbytes = int(np.prod(param.shape)) * paddle.empty([], dtype=param.dtype).element_size()
+        if size and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+        total += nbytes
+    metadata = {"format": "np"}  # PaddleMIX's marker for Linear weights stored [in, out]
+    files = [SAFE_SINGLE] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
+    ]
+    for file, names in zip(tqdm(files, desc="Saving weights", unit="shard", disable=None), shards):
+        write_safetensors(os.path.join(path, file), {name: tensor_to_numpy(params[name]) for name in names}, metadata)
+    if len(shards) > 1:
+        weight_map = {name: file for file, names in zip(files, shards) for name in names}
+        with open(os.path.join(path, SAFE_INDEX), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,0 +1,274 @@
+"""``Qwen2_5_VLForConditionalGeneration``: vision tower + Qwen2.5 decoder + LM head.
+
+The vision features replace the image/video pad tokens of the prompt; MRoPE position ids
+come from :func:`paddlemix_qwen25vl.rope.rope_index` whenever the caller gives none
+(prefill, training) and from ``past length + rope_deltas`` when decoding with a cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddlenlp.generation import GenerationConfig
+from paddlenlp.transformers.model_outputs import ModelOutput
+from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
+
+from .cache import KVCache
+from .configuration import Qwen2_5_VLConfig
+from .loading import load_weights, resolve_model_path, save_weights
+from .rope import rope_index
+from .runtime import resolve_dtype
+from .text import Qwen2_5_VLTextModel
+from .vision import Qwen2_5_VisionTransformer
+
+__all__ = ["Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLPreTrainedModel", "Qwen2_5_VLCausalLMOutputWithPast"]
+
+GridLike = Union[paddle.Tensor, np.ndarray, None]
+
+
+@dataclass
+class Qwen2_5_VLCausalLMOutputWithPast(ModelOutput):
+    """Forward output: ``loss`` (with labels), ``logits [B, L, vocab]``, the KV cache and rope deltas ``[B, 1]``."""
+
+    loss: Optional[paddle.Tensor] = None
+    logits: Optional[paddle.Tensor] = None
+    past_key_values: Optional[KVCache] = None
+    rope_deltas: Optional[paddle.Tensor] = None
+
+
+class TiedLMHead(nn.Layer):
+    """Output projection sharing the token embedding matrix ``[vocab, hidden]`` (3B)."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self._embedding = [embedding]  # a list keeps it out of this layer's parameters
+
+    @property
+    def weight(self) -> paddle.Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        return paddle.matmul(hidden_states, self.weight, transpose_y=True)
+
+
+class Qwen2_5_VLPreTrainedModel(PretrainedModel):
+    """paddlenlp base: config class and the reference's weight initialisation."""
+
+    config_class = Qwen2_5_VLConfig
+    base_model_prefix = "model"
+
+    def _init_weights(self, layer: nn.Layer) -> None:
+        std = self.config.initializer_range
+        if isinstance(layer, (nn.Linear, nn.Conv3D, nn.Embedding)):
+            layer.weight.set_value(paddle.normal(0.0, std, layer.weight.shape).astype(layer.weight.dtype))
+        if isinstance(layer, (nn.Linear, nn.Conv3D)) and layer.bias is not None:
+            layer.bias.set_value(paddle.zeros_like(layer.bias))
+
+
+class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
+    """Qwen2.5-VL for image/video-conditioned text generation and fine-tuning."""
+
+    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+        super().__init__(config)
+        self.visual = Qwen2_5_VisionTransformer(config.vision_config, config.attn_implementation)
+        self.model = Qwen2_5_VLTextModel(config)
+        if config.tie_word_embeddings:
+            self.lm_head = TiedLMHead(self.model.embed_tokens)
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        self.set_recompute(vision=config.recompute_vision, decoder=config.recompute_decoder)
+
+    # ----------------------------------------------------------------- settings
+    def set_recompute(self, vision: bool = True, decoder: bool = True) -> None:
+        """Switch gradient checkpointing (recompute in backward) for the vision blocks and decoder layers."""
+        self.config.recompute_vision, self.config.recompute_decoder = vision, decoder
+        self.visual.recompute, self.model.recompute = vision, decoder
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        """Use ``"eager"``, ``"sdpa"`` or ``"flash_attention_2"`` in both towers from now on."""
+        self.config.attn_implementation = implementation
+        self.config._validate()
+        self.visual.attn_implementation = self.model.attn_implementation = implementation
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Layer:
+        return self.lm_head
+
+    # ---------------------------------------------------------------- positions
+    def get_rope_index(
+        self,
+        input_ids: paddle.Tensor,
+        image_grid_thw: GridLike = None,
+        video_grid_thw: GridLike = None,
+        second_per_grid_ts: GridLike = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+    ) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """MRoPE ``position_ids [3, B, L]`` and ``rope_deltas [B, 1]`` (int64), as the reference's method."""
+        position_ids, deltas = rope_index(
+            input_ids,
+            image_grid_thw,
+            video_grid_thw,
+            second_per_grid_ts,
+            attention_mask,
+            spatial_merge_size=self.config.vision_config.spatial_merge_size,
+            image_token_id=self.config.image_token_id,
+            video_token_id=self.config.video_token_id,
+            vision_start_token_id=self.config.vision_start_token_id,
+            tokens_per_second=self.config.vision_config.tokens_per_second,
+        )
+        return paddle.to_tensor(position_ids), paddle.to_tensor(deltas)
+
+    # ------------------------------------------------------------------ forward
+    def _place_features(
+        self, inputs_embeds: paddle.Tensor, input_ids: paddle.Tensor, features: paddle.Tensor, token_id: int, kind: str
+    ) -> paddle.Tensor:
+        """Write vision ``features [n, C]`` over the n ``token_id`` pad tokens, in order of appearance."""
+        rows = paddle.nonzero(input_ids.reshape([-1]) == token_id).reshape([-1])
+        if rows.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"{kind} features and {kind} tokens do not match: the prompt has {rows.shape[0]} <|{kind}_pad|> "
+                f"tokens but the {kind} inputs give {features.shape[0]} features (each pad token must be "
+                "expanded to t*h*w/4 copies by the processor)"
+            )
+        batch, length, dim = inputs_embeds.shape
+        flat = paddle.scatter(inputs_embeds.reshape([-1, dim]), rows, features.astype(inputs_embeds.dtype))
+        return flat.reshape([batch, length, dim])
+
+    def _decode_positions(self, batch: int, length: int, past_len: int, rope_deltas: paddle.Tensor) -> paddle.Tensor:
+        """Decode-step positions: ``past_len + i + rope_delta`` on all three axes -> ``[3, B, L]``."""
+        positions = paddle.arange(past_len, past_len + length, dtype="int64").reshape([1, -1])
+        positions = positions + rope_deltas.astype("int64").reshape([-1, 1])
+        return positions.expand([batch, length]).unsqueeze(0).expand([3, batch, length])
+
+    def forward(
+        self,
+        input_ids: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        position_ids: Optional[paddle.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+        inputs_embeds: Optional[paddle.Tensor] = None,
+        labels: Optional[paddle.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        pixel_values: Optional[paddle.Tensor] = None,
+        pixel_values_videos: Optional[paddle.Tensor] = None,
+        image_grid_thw: GridLike = None,
+        video_grid_thw: GridLike = None,
+        rope_deltas: Optional[paddle.Tensor] = None,
+        second_per_grid_ts: GridLike = None,
+        return_dict: bool = True,
+    ) -> Qwen2_5_VLCausalLMOutputWithPast:
+        """Logits (and loss with ``labels``) for ``input_ids [B, L]`` with optional images and videos.
+
+        ``pixel_values [N, 1176]`` + ``image_grid_thw [n, 3]`` (and the video counterparts)
+        are encoded by the vision tower and placed at the pad tokens. ``labels [B, L]`` use
+        -100 for unsupervised tokens; the loss is the mean shifted cross entropy in float32.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_tokens(input_ids)
+            for pixels, grid, token_id, kind in (
+                (pixel_values, image_grid_thw, self.config.image_token_id, "image"),
+                (pixel_values_videos, video_grid_thw, self.config.video_token_id, "video"),
+            ):
+                if pixels is not None:
+                    if grid is None:
+                        raise ValueError(f"{kind} pixel values were given without {kind}_grid_thw")
+                    features = self.visual(pixels, grid_thw=grid)
+                    inputs_embeds = self._place_features(inputs_embeds, input_ids, features, token_id, kind)
+        elif pixel_values is not None or pixel_values_videos is not None:
+            raise ValueError("pixel inputs need input_ids (to find the pad tokens), not inputs_embeds")
+
+        batch, length, _ = inputs_embeds.shape
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = KVCache(self.config.num_hidden_layers)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if position_ids is None:
+            if past_len == 0:
+                if input_ids is None:
+                    raise ValueError("position_ids are required with inputs_embeds (no token ids to place vision items)")
+                position_ids, rope_deltas = self.get_rope_index(
+                    input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
+                )
+            elif rope_deltas is None:
+                raise ValueError("decoding with a cache needs rope_deltas: pass outputs.rope_deltas of the prefill step")
+            else:
+                position_ids = self._decode_positions(batch, length, past_len, rope_deltas)
+        elif position_ids.ndim == 2:
+            position_ids = position_ids.unsqueeze(0).expand([3, batch, length])
+
+        hidden_states, past_key_values = self.model(inputs_embeds, position_ids, attention_mask, past_key_values)
+        logits = self.lm_head(hidden_states)  # [B, L, vocab]
+
+        loss = None
+        if labels is not None:
+            # Token t predicts label t + 1; logits upcast so the loss is float32 whatever the dtype.
+            shift_logits = logits[:, :-1, :].astype("float32").reshape([-1, logits.shape[-1]])
+            shift_labels = labels[:, 1:].reshape([-1])
+            # Paddle's reduction="mean" divides by every token, ignored ones included: average by hand.
+            token_losses = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="none")
+            supervised = (shift_labels != -100).astype("float32")
+            loss = token_losses.reshape([-1]).sum() / supervised.sum()
+        output = Qwen2_5_VLCausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None, rope_deltas=rope_deltas
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str,
+        dtype: Optional[str] = None,
+        attn_implementation: Optional[str] = None,
+        config: Optional[Qwen2_5_VLConfig] = None,
+        **config_overrides: Any,
+    ) -> "Qwen2_5_VLForConditionalGeneration":
+        """Load a checkpoint directory or hub id (HF or Paddle format, one file or sharded).
+
+        ``dtype`` defaults to float32 on CPU and the checkpoint's dtype on GPU; weights are
+        converted while loading. The model is returned in eval mode.
+        """
+        path = resolve_model_path(pretrained_model_name_or_path)
+        if config is None:
+            config = Qwen2_5_VLConfig.from_pretrained(path)
+        for field, value in config_overrides.items():
+            setattr(config, field, value)
+        if attn_implementation is not None:
+            config.attn_implementation = attn_implementation
+        config._validate()
+        compute_dtype = resolve_dtype(dtype, getattr(config, "dtype", None))
+        previous = paddle.get_default_dtype()
+        paddle.set_default_dtype(compute_dtype)
+        try:
+            with no_init_weights():  # every weight is about to be overwritten
+                model = cls(config)
+        finally:
+            paddle.set_default_dtype(previous)
+        load_weights(model, path, ignore_keys=("lm_head.weight",) if config.tie_word_embeddings else ())
+        generation_file = os.path.join(path, "generation_config.json")
+        if os.path.exists(generation_file):
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        model.eval()
+        return model
+
+    def save_pretrained(self, save_directory: str, max_shard_size: int = 5 * 1024**3) -> None:
+        """Write ``config.json``, ``generation_config.json`` and Paddle-layout safetensors weights."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.save_pretrained(save_directory)
+        if self.generation_config is not None:
+            with open(os.path.join(save_directory, "generation_config.json"), "w") as f:
+                json.dump(self.generation_config.to_dict(), f, indent=2)
+        save_weights(self, save_directory, max_shard_bytes=max_shard_size)

@@ -1,0 +1,81 @@
+"""Device, dtype and CPU-thread choices, checked once with clear errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import paddle
+
+__all__ = ["set_num_threads", "default_num_threads", "resolve_dtype", "set_device", "on_gpu", "DTYPES"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+
+def default_num_threads() -> int:
+    """Threads for CPU kernels: ``PADDLEMIX_NUM_THREADS`` or ``OMP_NUM_THREADS`` if set, else every usable core."""
+    for variable in ("PADDLEMIX_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable)
+        if value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise ValueError(f"{variable}={value!r} is not a whole number of threads") from None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_num_threads(num_threads: Optional[int] = None) -> int:
+    """Set Paddle's CPU math threads (Paddle defaults to one); returns the number set."""
+    num_threads = num_threads or default_num_threads()
+    paddle.base.core.set_num_threads(num_threads)
+    return num_threads
+
+
+def on_gpu() -> bool:
+    """True when Paddle's current device is a GPU."""
+    return paddle.get_device().startswith("gpu")
+
+
+def set_device(device: Optional[str]) -> str:
+    """Select ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (None keeps Paddle's default), with a clear error."""
+    if device is None:
+        return paddle.get_device()
+    name = device.lower()
+    if name == "cuda" or name.startswith("cuda:"):
+        name = "gpu" + name[4:]
+    if not (name == "cpu" or name == "gpu" or (name.startswith("gpu:") and name[4:].isdigit())):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'gpu:N'")
+    if name.startswith("gpu") and not paddle.is_compiled_with_cuda():
+        raise ValueError(
+            f"device {device!r} requested but this paddle build has no CUDA support; install paddlepaddle-gpu "
+            "(see README) or use --device cpu"
+        )
+    paddle.set_device(name)
+    return name
+
+
+def resolve_dtype(requested: Optional[str], checkpoint_dtype: Optional[str] = None) -> str:
+    """Compute dtype for the current device.
+
+    ``None`` means float32 on CPU and the checkpoint's dtype (bfloat16 for the released
+    weights) on GPU. bfloat16/float16 on CPU raise: Paddle has no half-precision matmul
+    kernels there, although ``paddle.amp.is_bfloat16_supported()`` says otherwise.
+    """
+    if requested is None:
+        if not on_gpu():
+            return "float32"
+        requested = checkpoint_dtype or "bfloat16"
+    name = _DTYPE_ALIASES.get(str(requested).replace("paddle.", ""), str(requested).replace("paddle.", ""))
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {requested!r}; use one of {', '.join(DTYPES)}")
+    if name != "float32" and not on_gpu():
+        raise ValueError(
+            f"dtype {name} needs a GPU: Paddle has no {name} matmul kernels on CPU. Use dtype='float32' on CPU."
+        )
+    if name == "bfloat16" and not paddle.amp.is_bfloat16_supported():
+        raise ValueError("dtype bfloat16 is not supported by this GPU (needs compute capability >= 8.0); use float16")
+    return name

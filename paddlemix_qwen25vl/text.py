@@ -1,0 +1,165 @@
+"""The Qwen2.5 decoder: GQA attention with MRoPE, SwiGLU MLP, RMSNorm, a KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from paddle.distributed.fleet.utils import recompute
+
+from .attention import causal_padding_mask, dense_attention, resolve_attn_implementation, varlen_attention
+from .cache import KVCache
+from .configuration import Qwen2_5_VLConfig
+from .layers import RMSNorm, SwiGLUMLP
+from .rope import apply_rotary, mrope_cos_sin, rotary_inv_freq
+
+__all__ = ["Qwen2_5_VLTextModel"]
+
+
+@dataclass
+class AttentionLayout:
+    """How this forward's tokens attend: an additive dense mask, or unpadded varlen sequences."""
+
+    implementation: str
+    mask: Optional[paddle.Tensor] = None  # [B, 1, Lq, Lk] for eager/sdpa
+    rows_q: Optional[paddle.Tensor] = None  # flat indices of real queries in [B * Lq]
+    rows_k: Optional[paddle.Tensor] = None  # flat indices of real keys in [B * Lk]
+    cu_seqlens_q: Optional[np.ndarray] = None
+    cu_seqlens_k: Optional[np.ndarray] = None
+
+
+class DecoderAttention(nn.Layer):
+    """Grouped-query self-attention; q/k/v projections with bias, o_proj without."""
+
+    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias_attr=False)
+
+    def forward(
+        self,
+        hidden_states: paddle.Tensor,
+        cos: paddle.Tensor,
+        sin: paddle.Tensor,
+        layout: AttentionLayout,
+        cache: Optional[KVCache],
+    ) -> paddle.Tensor:
+        batch, q_len, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).reshape([batch, q_len, self.num_heads, self.head_dim])
+        k = self.k_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
+        v = self.v_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # cos/sin: [B, Lq, 1, head_dim]
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # [B, Lk, kv_heads, head_dim]
+        if layout.implementation == "flash_attention_2":
+            k_len = k.shape[1]
+            q_rows = paddle.gather(q.reshape([batch * q_len, self.num_heads, self.head_dim]), layout.rows_q)
+            k_rows = paddle.gather(k.reshape([batch * k_len, self.num_kv_heads, self.head_dim]), layout.rows_k)
+            v_rows = paddle.gather(v.reshape([batch * k_len, self.num_kv_heads, self.head_dim]), layout.rows_k)
+            out_rows = varlen_attention(
+                q_rows, k_rows, v_rows, layout.cu_seqlens_q, layout.cu_seqlens_k, layout.implementation, causal=True
+            )
+            out = paddle.scatter(paddle.zeros_like(q).reshape([batch * q_len, self.num_heads, -1]), layout.rows_q, out_rows)
+        else:
+            out = dense_attention(q, k, v, layout.mask, layout.implementation)
+        return self.o_proj(out.reshape([batch, q_len, self.num_heads * self.head_dim]))
+
+
+class DecoderLayer(nn.Layer):
+    """x + attn(input_layernorm(x)); x + mlp(post_attention_layernorm(x))."""
+
+    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = DecoderAttention(config, layer_idx)
+        self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act, bias=False)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: paddle.Tensor,
+        cos: paddle.Tensor,
+        sin: paddle.Tensor,
+        layout: AttentionLayout,
+        cache: Optional[KVCache],
+    ) -> paddle.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, layout, cache)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+def _unpadded_layout(
+    attention_mask: Optional[paddle.Tensor], batch: int, q_len: int, past_len: int
+) -> AttentionLayout:
+    """Real-token rows and per-row sequence bounds for varlen flash attention.
+
+    The queries are the last ``q_len`` positions of each row; with left padding (generation)
+    or right padding without a cache (training), the real queries are the last real keys, so
+    bottom-right causal alignment is exact.
+    """
+    k_len = past_len + q_len
+    mask = np.ones((batch, k_len), dtype=bool) if attention_mask is None else attention_mask.numpy() == 1
+    mask_q = mask[:, past_len:]
+    rows_k = np.nonzero(mask.reshape(-1))[0]
+    rows_q = np.nonzero(mask_q.reshape(-1))[0]
+    cu_k = np.concatenate([[0], np.cumsum(mask.sum(-1))])
+    cu_q = np.concatenate([[0], np.cumsum(mask_q.sum(-1))])
+    return AttentionLayout(
+        "flash_attention_2",
+        rows_q=paddle.to_tensor(rows_q),
+        rows_k=paddle.to_tensor(rows_k),
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+    )
+
+
+class Qwen2_5_VLTextModel(nn.Layer):
+    """Token embeddings, decoder layers and the final norm (``model.*`` in checkpoints)."""
+
+    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.LayerList([DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.register_buffer(
+            "inv_freq", paddle.to_tensor(rotary_inv_freq(config.head_dim, config.rope_theta)), persistable=False
+        )
+        self.attn_implementation = config.attn_implementation
+        self.recompute = False
+
+    def forward(
+        self,
+        inputs_embeds: paddle.Tensor,
+        position_ids: paddle.Tensor,
+        attention_mask: Optional[paddle.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+    ) -> Tuple[paddle.Tensor, Optional[KVCache]]:
+        """``inputs_embeds [B, L, C]``, ``position_ids [3, B, L]``, ``attention_mask [B, past + L]``."""
+        batch, q_len, _ = inputs_embeds.shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        implementation = resolve_attn_implementation(self.attn_implementation, inputs_embeds)
+        if implementation == "flash_attention_2":
+            layout = _unpadded_layout(attention_mask, batch, q_len, past_len)
+        else:
+            mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
+            layout = AttentionLayout(implementation, mask=mask)
+
+        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, L, 1, head_dim]: broadcast over heads
+
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            if self.recompute and self.training:
+                hidden_states = recompute(layer, hidden_states, cos, sin, layout, None)
+            else:
+                hidden_states = layer(hidden_states, cos, sin, layout, past_key_values)
+        return self.norm(hidden_states), past_key_values

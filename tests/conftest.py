@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny reference checkpoints saved by transformers, loaded by both sides."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+
+from reference import build_reference_model  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=[True, False], ids=["tied", "untied"])
+def reference_checkpoint(request, tmp_path_factory):
+    """(reference torch model, directory it was saved to with transformers' save_pretrained)."""
+    tied = request.param
+    model = build_reference_model(tie_word_embeddings=tied)
+    path = tmp_path_factory.mktemp("tied" if tied else "untied")
+    model.save_pretrained(str(path))
+    return model, str(path)

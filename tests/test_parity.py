@@ -1,0 +1,105 @@
+"""Parity with transformers 4.51.3: vision output, logits, position ids and loss on the same weights."""
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from reference import TOKENS, build_sample, left_pad, pixels_for
+
+# (name, rows): each row is (items, text run lengths, second_per_grid_ts of its videos)
+CASES = [
+    ("images_of_several_sizes", [([("image", (1, 8, 8)), ("image", (1, 10, 14)), ("image", (1, 4, 6))], [3, 2, 4, 5], [])]),
+    ("video_0.5s", [([("video", (4, 4, 6))], [3, 4], [0.5])]),
+    ("video_1.0s", [([("video", (4, 8, 8))], [3, 4], [1.0])]),
+    ("video_1.031s", [([("video", (6, 4, 4))], [2, 5], [1.031])]),
+    ("image_and_video", [([("image", (1, 6, 10)), ("video", (2, 4, 6))], [3, 2, 4], [1.031])]),
+    (
+        "left_padded_batch",
+        [
+            ([("image", (1, 4, 6))], [3, 4], []),
+            ([("image", (1, 8, 10)), ("video", (2, 4, 4))], [5, 3, 6], [0.5]),
+        ],
+    ),
+    ("text_only", [([], [17], [])]),
+    ("left_padded_text_only", [([], [9], []), ([], [14], [])]),
+]
+
+
+def make_inputs(rows, seed=0):
+    """numpy inputs for one case: ids/mask left-padded, images before videos in order of appearance."""
+    rng = np.random.default_rng(seed)
+    id_rows, image_grids, video_grids, seconds = [], [], [], []
+    for items, text_lens, row_seconds in rows:
+        id_rows.append(build_sample(rng, items, text_lens))
+        image_grids += [g for kind, g in items if kind == "image"]
+        video_grids += [g for kind, g in items if kind == "video"]
+        seconds += row_seconds
+    ids, mask = left_pad(id_rows, TOKENS["pad_token_id"])
+    labels = np.where(mask == 1, ids, -100)
+    labels[:, : ids.shape[1] // 3] = -100  # a partly supervised sequence
+    inputs = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    if image_grids:
+        inputs.update(pixel_values=pixels_for(rng, image_grids), image_grid_thw=np.array(image_grids, dtype=np.int64))
+    if video_grids:
+        inputs.update(
+            pixel_values_videos=pixels_for(rng, video_grids),
+            video_grid_thw=np.array(video_grids, dtype=np.int64),
+            second_per_grid_ts=np.array(seconds, dtype=np.float32),
+        )
+    return inputs
+
+
+def run_reference(model, inputs):
+    torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = model(**torch_inputs, use_cache=False)
+        positions, deltas = model.get_rope_index(
+            torch_inputs["input_ids"],
+            torch_inputs.get("image_grid_thw"),
+            torch_inputs.get("video_grid_thw"),
+            torch_inputs.get("second_per_grid_ts"),
+            torch_inputs["attention_mask"],
+        )
+        vision = {}
+        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            if pixels in torch_inputs:
+                vision[pixels] = model.visual(torch_inputs[pixels], grid_thw=torch_inputs[grid]).numpy()
+    return out.logits.numpy(), out.loss.item(), positions.numpy(), deltas.numpy(), vision
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa", "flash_attention_2"])
+def loaded(request, reference_checkpoint):
+    ref_model, path = reference_checkpoint
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation=request.param)
+    return ref_model, model
+
+
+@pytest.mark.parametrize("name,rows", CASES, ids=[c[0] for c in CASES])
+def test_matches_reference(loaded, name, rows):
+    ref_model, model = loaded
+    inputs = make_inputs(rows)
+    ref_logits, ref_loss, ref_pos, ref_deltas, ref_vision = run_reference(ref_model, inputs)
+
+    pd_inputs = {k: paddle.to_tensor(v) for k, v in inputs.items()}
+    with paddle.no_grad():
+        out = model(**pd_inputs, use_cache=False)
+        positions, deltas = model.get_rope_index(
+            pd_inputs["input_ids"],
+            pd_inputs.get("image_grid_thw"),
+            pd_inputs.get("video_grid_thw"),
+            pd_inputs.get("second_per_grid_ts"),
+            pd_inputs["attention_mask"],
+        )
+        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            if pixels in pd_inputs:
+                ours = model.visual(pd_inputs[pixels], grid_thw=pd_inputs[grid]).numpy()
+                np.testing.assert_allclose(ours, ref_vision[pixels], rtol=0, atol=1e-5, err_msg=f"{pixels} vision output")
+
+    np.testing.assert_array_equal(positions.numpy(), ref_pos)
+    np.testing.assert_array_equal(deltas.numpy(), ref_deltas)
+    np.testing.assert_array_equal(out.rope_deltas.numpy(), ref_deltas)
+    real = inputs["attention_mask"] == 1  # padded positions carry no meaning on either side
+    np.testing.assert_allclose(out.logits.numpy()[real], ref_logits[real], rtol=0, atol=1e-4)
+    assert abs(out.loss.item() - ref_loss) <= 1e-5
