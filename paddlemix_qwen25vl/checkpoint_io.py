@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
 
-__all__ = ["SafetensorsFile", "write_safetensors", "to_float32", "read_pdparams", "tensor_to_numpy", "CheckpointError"]
+__all__ = ["SafetensorsFile", "write_safetensors", "to_float32", "read_pdparams", "tensor_to_numpy", "dtype_itemsize", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -106,22 +106,39 @@ class SafetensorsFile:
         self._memmap = None
 
 
-def write_safetensors(path: str, tensors: Dict[str, Tuple[np.ndarray, str]], metadata: Dict[str, str]) -> None:
-    """Write ``{name: (array, dtype_name)}`` as safetensors; arrays are written in the order given."""
+def write_safetensors(
+    path: str,
+    layout: Dict[str, Tuple[Tuple[int, ...], str]],
+    arrays: Iterable[np.ndarray],
+    metadata: Dict[str, str],
+) -> None:
+    """Write a safetensors file tensor by tensor.
+
+    ``layout`` maps each name to ``(shape, dtype_name)`` in file order; ``arrays`` yields the
+    tensors in that order (bfloat16 as uint16 words), so only one is in memory at a time.
+    """
     header: Dict[str, object] = {"__metadata__": metadata}
     offset = 0
-    for name, (array, dtype_name) in tensors.items():
-        header[name] = {"dtype": dtype_name, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
+    for name, (shape, dtype_name) in layout.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype_itemsize(dtype_name)
+        header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for array, _ in tensors.values():
+        for (name, (shape, dtype_name)), array in zip(layout.items(), arrays):
+            if tuple(array.shape) != tuple(shape) or array.dtype != _DTYPES[dtype_name]:
+                raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, expected {dtype_name}{list(shape)}")
             f.write(np.ascontiguousarray(array).tobytes())
     os.replace(tmp, path)
+
+
+def dtype_itemsize(dtype_name: str) -> int:
+    """Bytes per element of a safetensors dtype name."""
+    return np.dtype(_DTYPES[dtype_name]).itemsize
 
 
 def tensor_to_numpy(tensor: paddle.Tensor) -> Tuple[np.ndarray, str]:

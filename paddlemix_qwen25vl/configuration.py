@@ -137,6 +137,15 @@ class Qwen2_5_VLConfig(PretrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, use_cache=use_cache, **kwargs)
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs: Any) -> "Qwen2_5_VLConfig":
+        """Also read the transformers >= 4.52 layout, whose decoder settings sit in ``text_config``."""
+        config_dict = dict(config_dict)
+        text_config = config_dict.pop("text_config", None)
+        if text_config:
+            config_dict.update({k: v for k, v in text_config.items() if k not in ("model_type", "architectures")})
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def head_dim(self) -> int:
         """Per-head width of the decoder attention (128 in every released size)."""

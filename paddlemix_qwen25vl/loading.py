@@ -18,16 +18,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint_io import CheckpointError, SafetensorsFile, read_pdparams, tensor_to_numpy, to_float32, write_safetensors
+from .checkpoint_io import (
+    CheckpointError,
+    SafetensorsFile,
+    dtype_itemsize,
+    read_pdparams,
+    tensor_to_numpy,
+    to_float32,
+    write_safetensors,
+)
 
-__all__ = ["resolve_model_path", "load_weights", "save_weights", "checkpoint_name", "CheckpointError"]
+__all__ = [
+    "resolve_model_path",
+    "load_weights",
+    "save_weights",
+    "write_sharded",
+    "shard_files",
+    "checkpoint_name",
+    "is_linear_weight",
+    "file_is_torch_layout",
+    "CheckpointError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +56,28 @@ PDPARAMS_INDEX = "model_state.pdparams.index.json"
 # Key prefixes of the transformers >= 4.52 layout -> the released layout used here.
 _RENAMES = (("model.language_model.", "model."), ("model.visual.", "visual."))
 _TORCH_FORMATS = ("pt", "torch")
+PADDLE_METADATA = {"format": "np"}  # PaddleMIX's marker for Linear weights stored [in, out]
+
+# Every nn.Linear weight of the model (torch [out, in] -> Paddle [in, out]); a test checks
+# this table against the model's layers. Conv3D, embeddings, norms and biases are never transposed.
+LINEAR_WEIGHTS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",  # decoder and vision MLPs
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "attn.qkv.weight",  # vision attention
+    "attn.proj.weight",
+    "merger.mlp.0.weight",
+    "merger.mlp.2.weight",
+)
+
+
+def is_linear_weight(name: str) -> bool:
+    """True for the weights that torch and Paddle store transposed to each other."""
+    return name == "lm_head.weight" or name.endswith(tuple("." + suffix for suffix in LINEAR_WEIGHTS))
 
 
 def checkpoint_name(key: str) -> str:
@@ -73,7 +113,7 @@ def resolve_model_path(name_or_path: str) -> str:
     raise FileNotFoundError(f"cannot find checkpoint {name_or_path!r}; looked in: " + "; ".join(looked))
 
 
-def _shard_files(path: str) -> List[str]:
+def shard_files(path: str) -> List[str]:
     """Weight files of a checkpoint directory, in load order."""
     for index_name in (SAFE_INDEX, PDPARAMS_INDEX):
         index_path = os.path.join(path, index_name)
@@ -97,34 +137,29 @@ def _shard_files(path: str) -> List[str]:
     )
 
 
-def _linear_weight_names(model: nn.Layer) -> set:
-    return {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
-
-
-def _file_is_torch_layout(
-    reader: SafetensorsFile, params: Dict[str, paddle.Tensor], linear_weights: set
-) -> bool:
-    """Torch layout unless the file says Paddle; without metadata, decided by a non-square Linear weight."""
+def file_is_torch_layout(reader: SafetensorsFile, params: Optional[Dict[str, paddle.Tensor]] = None) -> bool:
+    """Torch layout unless the file's metadata says Paddle; without metadata, decided by a
+    non-square Linear weight compared with the model's ``params`` (torch when undecidable)."""
     declared = reader.metadata.get("format")
     if declared is not None:
         return declared in _TORCH_FORMATS
     for key in reader.keys():
         name = checkpoint_name(key)
-        if name in linear_weights and name in params:
+        if params is not None and is_linear_weight(name) and name in params:
             expected = tuple(params[name].shape)
             if expected[0] != expected[1]:
                 return reader.shape(key) == expected[::-1]
     return True
 
 
-def _iter_file(path: str, params: Dict[str, paddle.Tensor], linear_weights: set) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
+def _iter_file(path: str, params: Dict[str, paddle.Tensor]) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
     """Yield ``(key, stored array, dtype name, torch layout)`` for every tensor of one file."""
     if path.endswith(".pdparams"):
         for key, array, dtype_name in read_pdparams(path):
             yield key, array, dtype_name, False
         return
     reader = SafetensorsFile(path)
-    torch_layout = _file_is_torch_layout(reader, params, linear_weights)
+    torch_layout = file_is_torch_layout(reader, params)
     for key in reader.keys():
         yield key, reader.raw(key), reader.dtype_name(key), torch_layout
     reader.close()
@@ -150,12 +185,11 @@ def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) 
     ``ignore_keys`` are checkpoint keys to skip silently (e.g. a tied ``lm_head.weight``).
     """
     params = dict(model.named_parameters())
-    linear_weights = _linear_weight_names(model)
-    files = _shard_files(path)
+    files = shard_files(path)
     loaded, unexpected, mismatched = set(), [], []
     with tqdm(total=_count_tensors(files), desc="Loading weights", unit="tensor", disable=None) as progress:
         for file in files:
-            for key, stored, dtype_name, torch_layout in _iter_file(file, params, linear_weights):
+            for key, stored, dtype_name, torch_layout in _iter_file(file, params):
                 progress.update(1)
                 name = checkpoint_name(key)
                 if name in ignore_keys:
@@ -164,7 +198,7 @@ def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) 
                     unexpected.append(key)
                     continue
                 param = params[name]
-                transpose = torch_layout and name in linear_weights
+                transpose = torch_layout and is_linear_weight(name)
                 shape = tuple(stored.shape[::-1] if transpose else stored.shape)
                 if shape != tuple(param.shape):
                     mismatched.append(f"{key} {list(stored.shape)} in {os.path.basename(file)} vs {list(param.shape)}")
@@ -186,28 +220,40 @@ def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) 
         raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(problems))
 
 
-def save_weights(model: nn.Layer, path: str, max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Write ``model``'s parameters as a Paddle-layout safetensors checkpoint (sharded above
-    ``max_shard_bytes``), copying one shard at a time to the host."""
-    os.makedirs(path, exist_ok=True)
-    params = dict(model.named_parameters())
+def write_sharded(
+    path: str,
+    layout: Dict[str, Tuple[Tuple[int, ...], str]],
+    produce: Callable[[str], np.ndarray],
+    max_shard_bytes: int,
+) -> None:
+    """Write tensors ``layout`` (name -> (shape, dtype name)) as Paddle-layout safetensors,
+    one file or shards + ``model.safetensors.index.json``; ``produce(name)`` gives each array
+    just before it is written."""
     shards: List[List[str]] = [[]]
     size = total = 0
-    for name, param in params.items():
-        nbytes = int(np.prod(param.shape)) * paddle.empty([], dtype=param.dtype).element_size()
+    for name, (shape, dtype_name) in layout.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype_itemsize(dtype_name)
         if size and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(name)
         size += nbytes
         total += nbytes
-    metadata = {"format": "np"}  # PaddleMIX's marker for Linear weights stored [in, out]
-    files = [SAFE_SINGLE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
-    for file, names in zip(tqdm(files, desc="Saving weights", unit="shard", disable=None), shards):
-        write_safetensors(os.path.join(path, file), {name: tensor_to_numpy(params[name]) for name in names}, metadata)
+    files = [SAFE_SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for file, names in zip(tqdm(files, desc="Writing weights", unit="file", disable=None), shards):
+        write_safetensors(
+            os.path.join(path, file), {n: layout[n] for n in names}, (produce(n) for n in names), PADDLE_METADATA
+        )
     if len(shards) > 1:
         weight_map = {name: file for file, names in zip(files, shards) for name in names}
         with open(os.path.join(path, SAFE_INDEX), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def save_weights(model: nn.Layer, path: str, max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write ``model``'s parameters as a Paddle-layout safetensors checkpoint, one tensor on the host at a time."""
+    os.makedirs(path, exist_ok=True)
+    params = dict(model.named_parameters())
+    dtype_names = {paddle.float32: "F32", paddle.bfloat16: "BF16", paddle.float16: "F16"}
+    layout = {name: (tuple(p.shape), dtype_names[p.dtype]) for name, p in params.items()}
+    write_sharded(path, layout, lambda name: tensor_to_numpy(params[name])[0], max_shard_bytes)

@@ -107,7 +107,7 @@ def rope_index(
     """
     ids = _to_numpy(input_ids).astype(np.int64)
     batch, length = ids.shape
-    mask = np.ones_like(ids) if attention_mask is None else (_to_numpy(attention_mask) == 1)
+    mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else (_to_numpy(attention_mask) == 1)
     images = _to_numpy(image_grid_thw)
     videos = _to_numpy(video_grid_thw)
 
