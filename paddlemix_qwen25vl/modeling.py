@@ -175,7 +175,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.model.embed_tokens(input_ids)
+            inputs_embeds = self.model.embed(input_ids)
             for pixels, grid, token_id, kind in (
                 (pixel_values, image_grid_thw, self.config.image_token_id, "image"),
                 (pixel_values_videos, video_grid_thw, self.config.video_token_id, "video"),

@@ -136,6 +136,15 @@ class Qwen2_5_VLTextModel(nn.Layer):
         self.attn_implementation = config.attn_implementation
         self.recompute = False
 
+    def embed(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        """Token embeddings ``[B, L, C]``. Like torch's ``Embedding(padding_idx=pad_token_id)``, the
+        pad token's row is looked up as stored but its lookups send no gradient back."""
+        embeds = self.embed_tokens(input_ids)
+        if self.config.pad_token_id is None or not self.training:
+            return embeds
+        is_pad = (input_ids == self.config.pad_token_id).unsqueeze(-1)
+        return paddle.where(is_pad, embeds.detach(), embeds)
+
     def forward(
         self,
         inputs_embeds: paddle.Tensor,
