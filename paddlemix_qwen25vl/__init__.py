@@ -3,6 +3,17 @@
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig, config_preset
 from .loading import CheckpointError, resolve_model_path
 from .modeling import Qwen2_5_VLCausalLMOutputWithPast, Qwen2_5_VLForConditionalGeneration
+from .processing import (
+    MIXQwen2_5_Tokenizer,
+    Qwen2_5_VLImageProcessor,
+    Qwen2_5_VLProcessor,
+    build_tokenizer_files,
+    fetch_image,
+    fetch_video,
+    process_vision_info,
+    smart_nframes,
+    smart_resize,
+)
 from .runtime import set_num_threads
 
 __version__ = "0.1.0"
@@ -19,4 +30,13 @@ __all__ = [
     "config_preset",
     "resolve_model_path",
     "set_num_threads",
+    "MIXQwen2_5_Tokenizer",
+    "Qwen2_5_VLImageProcessor",
+    "Qwen2_5_VLProcessor",
+    "build_tokenizer_files",
+    "fetch_image",
+    "fetch_video",
+    "process_vision_info",
+    "smart_nframes",
+    "smart_resize",
 ]

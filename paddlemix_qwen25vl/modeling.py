@@ -22,6 +22,7 @@ from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
 
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
+from .generation import generate
 from .loading import load_weights, resolve_model_path, save_weights
 from .rope import rope_index
 from .runtime import resolve_dtype
@@ -224,6 +225,10 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None, rope_deltas=rope_deltas
         )
         return output if return_dict else output.to_tuple()
+
+    def generate(self, input_ids: paddle.Tensor, **kwargs: Any) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Greedy or sampled continuation of ``input_ids``: see :func:`paddlemix_qwen25vl.generation.generate`."""
+        return generate(self, input_ids, **kwargs)
 
     # ------------------------------------------------------------- checkpoints
     @classmethod

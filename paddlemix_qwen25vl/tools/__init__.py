@@ -1,0 +1,1 @@
+"""Command-line tools (run with python -m paddlemix_qwen25vl.tools.<name>)."""
