@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["dense_attention", "varlen_attention", "causal_padding_mask", "resolve_attn_implementation"]
+__all__ = [
+    "dense_attention",
+    "varlen_attention",
+    "causal_padding_mask",
+    "sequence_runs",
+    "resolve_attn_implementation",
+]
 
 logger = logging.getLogger(__name__)
 _warned = set()
@@ -72,8 +78,9 @@ def causal_padding_mask(
 ) -> paddle.Tensor:
     """Additive mask ``[B, 1, Lq, past + Lq]``: 0 where query i may attend key j, dtype-min elsewhere.
 
-    Query i sits at absolute position ``past + i``; it sees keys at positions <= its own that
-    ``attention_mask`` ([B, past + Lq], 1 = real token) marks as real.
+    ``attention_mask [B, past + Lq]`` holds 0 for padding and a sequence number for real tokens:
+    1 everywhere for ordinary batches, 1, 2, 3, ... for samples packed into one row. Query i
+    (absolute position ``past + i``) sees the keys at positions <= its own in its own sequence.
     """
     key_length = past_length + query_length
     query_pos = paddle.arange(past_length, key_length).reshape([-1, 1])
@@ -85,10 +92,38 @@ def causal_padding_mask(
                 f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache holds {past_length} and "
                 f"{query_length} are new: expected {key_length}"
             )
-        allowed = paddle.logical_and(allowed, (attention_mask == 1).unsqueeze(1))
+        keys = attention_mask.unsqueeze(1)  # [B, 1, Lk]
+        queries = attention_mask[:, past_length:].unsqueeze(-1)  # [B, Lq, 1]
+        allowed = paddle.logical_and(allowed, paddle.logical_and(keys != 0, keys == queries))
     zero = paddle.zeros([], dtype=dtype)
     minimum = paddle.full([], paddle.finfo(dtype).min, dtype=dtype)
     return paddle.where(allowed, zero, minimum).unsqueeze(1)
+
+
+def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unpadded layout of a batch for varlen attention.
+
+    Returns flat row indices of the real queries (into ``[B * Lq]``) and keys (into
+    ``[B * Lk]``) and their ``cu_seqlens``: one sequence per run of equal non-zero
+    ``attention_mask`` values in a row (see :func:`causal_padding_mask`). The queries of a
+    sequence are its last tokens, so bottom-right causal alignment is exact.
+    """
+    batch, key_length = attention_mask.shape
+    query_length = key_length - past_length
+    rows_q, rows_k, cu_q, cu_k = [], [], [0], [0]
+    for b in range(batch):
+        values = attention_mask[b]
+        edges = np.flatnonzero(np.diff(values)) + 1
+        for start, end in zip(np.concatenate([[0], edges]), np.concatenate([edges, [key_length]])):
+            if values[start] == 0:
+                continue
+            q_start = max(start, past_length)
+            rows_k.append(b * key_length + np.arange(start, end))
+            rows_q.append(b * query_length + np.arange(q_start, end) - past_length)
+            cu_k.append(cu_k[-1] + end - start)
+            cu_q.append(cu_q[-1] + max(0, end - q_start))
+    concat = lambda parts: np.concatenate(parts) if parts else np.zeros([0], dtype=np.int64)  # noqa: E731
+    return concat(rows_q), concat(rows_k), np.asarray(cu_q), np.asarray(cu_k)
 
 
 def _eager(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: Optional[paddle.Tensor], scale: float) -> paddle.Tensor:

@@ -197,6 +197,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
 
         if position_ids is None:
             if past_len == 0:
+                if attention_mask is not None and bool((attention_mask > 1).any()):
+                    raise ValueError("packed rows (attention_mask numbering samples 1, 2, ...) need position_ids per sample")
                 if input_ids is None:
                     raise ValueError("position_ids are required with inputs_embeds (no token ids to place vision items)")
                 position_ids, rope_deltas = self.get_rope_index(

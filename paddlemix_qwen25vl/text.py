@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
-from .attention import causal_padding_mask, dense_attention, resolve_attn_implementation, varlen_attention
+from .attention import causal_padding_mask, dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
 from .layers import RMSNorm, SwiGLUMLP
@@ -99,19 +99,9 @@ class DecoderLayer(nn.Layer):
 def _unpadded_layout(
     attention_mask: Optional[paddle.Tensor], batch: int, q_len: int, past_len: int
 ) -> AttentionLayout:
-    """Real-token rows and per-row sequence bounds for varlen flash attention.
-
-    The queries are the last ``q_len`` positions of each row; with left padding (generation)
-    or right padding without a cache (training), the real queries are the last real keys, so
-    bottom-right causal alignment is exact.
-    """
-    k_len = past_len + q_len
-    mask = np.ones((batch, k_len), dtype=bool) if attention_mask is None else attention_mask.numpy() == 1
-    mask_q = mask[:, past_len:]
-    rows_k = np.nonzero(mask.reshape(-1))[0]
-    rows_q = np.nonzero(mask_q.reshape(-1))[0]
-    cu_k = np.concatenate([[0], np.cumsum(mask.sum(-1))])
-    cu_q = np.concatenate([[0], np.cumsum(mask_q.sum(-1))])
+    """Real-token rows and sequence bounds for varlen flash attention (see ``sequence_runs``)."""
+    mask = np.ones((batch, past_len + q_len), dtype=np.int64) if attention_mask is None else attention_mask.numpy()
+    rows_q, rows_k, cu_q, cu_k = sequence_runs(mask, past_len)
     return AttentionLayout(
         "flash_attention_2",
         rows_q=paddle.to_tensor(rows_q),
@@ -152,7 +142,8 @@ class Qwen2_5_VLTextModel(nn.Layer):
         attention_mask: Optional[paddle.Tensor] = None,
         past_key_values: Optional[KVCache] = None,
     ) -> Tuple[paddle.Tensor, Optional[KVCache]]:
-        """``inputs_embeds [B, L, C]``, ``position_ids [3, B, L]``, ``attention_mask [B, past + L]``."""
+        """``inputs_embeds [B, L, C]``, ``position_ids [3, B, L]``, ``attention_mask [B, past + L]``
+        (0 = padding; packed samples numbered 1, 2, ... attend only within themselves)."""
         batch, q_len, _ = inputs_embeds.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         implementation = resolve_attn_implementation(self.attn_implementation, inputs_embeds)
