@@ -85,6 +85,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         else:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
         self.set_recompute(vision=config.recompute_vision, decoder=config.recompute_decoder)
+        # Defaults for generate(); from_pretrained replaces them with generation_config.json.
+        self.generation_config = GenerationConfig.from_model_config(config)
 
     # ----------------------------------------------------------------- settings
     def set_recompute(self, vision: bool = True, decoder: bool = True) -> None:

@@ -1,0 +1,109 @@
+"""The bundled demo: a small Qwen2.5-VL checkpoint with the real tokenizer and processor files,
+and the demo image and video, so that every script runs offline with no real weights.
+
+The checkpoint is built on first use (seeded, so every machine builds the same weights) in
+``$PADDLEMIX_DEMO_DIR`` or ``~/.cache/paddlemix_qwen25vl/``. When the repository ships trained
+demo weights (``examples/assets/demo_weights``), those are used instead of the random initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import paddle
+from tqdm.auto import tqdm
+
+from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
+
+__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_VIDEO", "resolve_model_or_demo"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_ASSETS = os.path.join(REPO_ROOT, "examples", "assets")
+DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
+DEMO_VIDEO = os.path.join(DEMO_ASSETS, "demo_video.mp4")
+SHIPPED_WEIGHTS = os.path.join(DEMO_ASSETS, "demo_weights")
+DEMO_VERSION = "v1"
+# Small enough to run in seconds on a CPU; the processor keeps images small too.
+DEMO_MAX_PIXELS = 448 * 448
+
+
+def demo_config() -> Qwen2_5_VLConfig:
+    """A 4-layer decoder / 4-block vision tower with the real vocabulary, token ids and rope layout."""
+    vision = Qwen2_5_VLVisionConfig(
+        depth=4,
+        hidden_size=128,
+        intermediate_size=256,
+        num_heads=4,
+        out_hidden_size=256,
+        fullatt_block_indexes=[1, 3],
+        tokens_per_second=2,
+    )
+    return Qwen2_5_VLConfig(
+        vocab_size=151936,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]},
+        vision_config=vision,
+        dtype="float32",
+    )
+
+
+def build_demo_checkpoint(path: str, seed: int = 0) -> str:
+    """Write the demo checkpoint (config, weights, tokenizer, processor, generation config) to ``path``."""
+    from .modeling import Qwen2_5_VLForConditionalGeneration
+    from .processing import MIXQwen2_5_Tokenizer, Qwen2_5_VLImageProcessor, Qwen2_5_VLProcessor, build_tokenizer_files
+
+    tmp = path + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    steps = tqdm(total=3, desc="Building demo checkpoint", unit="step", disable=None)
+    build_tokenizer_files(tmp)
+    steps.update(1)
+    processor = Qwen2_5_VLProcessor(
+        Qwen2_5_VLImageProcessor(max_pixels=DEMO_MAX_PIXELS), MIXQwen2_5_Tokenizer.from_pretrained(tmp)
+    )
+    processor.save_pretrained(tmp)
+    steps.update(1)
+    if os.path.isdir(SHIPPED_WEIGHTS):
+        for name in os.listdir(SHIPPED_WEIGHTS):
+            shutil.copy2(os.path.join(SHIPPED_WEIGHTS, name), os.path.join(tmp, name))
+    else:
+        paddle.seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(demo_config())
+        model.generation_config.eos_token_id = [151645, 151643]
+        model.generation_config.pad_token_id = 151643
+        model.save_pretrained(tmp)
+    steps.update(1)
+    steps.close()
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def demo_checkpoint(cache_dir: Optional[str] = None) -> str:
+    """Path of the demo checkpoint, built on first use."""
+    root = cache_dir or os.environ.get("PADDLEMIX_DEMO_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "paddlemix_qwen25vl"
+    )
+    shipped = "trained" if os.path.isdir(SHIPPED_WEIGHTS) else "random"
+    path = os.path.join(root, f"demo-{DEMO_VERSION}-{shipped}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        os.makedirs(root, exist_ok=True)
+        build_demo_checkpoint(path)
+    return path
+
+
+def resolve_model_or_demo(model_path: Optional[str]) -> str:
+    """``model_path`` when given, else the bundled demo checkpoint (printing which one runs)."""
+    if model_path:
+        return model_path
+    path = demo_checkpoint()
+    print(f"No --model_path given: using the bundled demo checkpoint at {path} "
+          "(pass --model_path DIR or a hub id such as Qwen/Qwen2.5-VL-3B-Instruct for real weights)")
+    return path
