@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
 
-__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_VIDEO", "resolve_model_or_demo"]
+__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "resolve_model_or_demo"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ASSETS = os.path.join(REPO_ROOT, "examples", "assets")
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
+DEMO_IMAGE_2 = os.path.join(DEMO_ASSETS, "demo_image2.png")
 DEMO_VIDEO = os.path.join(DEMO_ASSETS, "demo_video.mp4")
 SHIPPED_WEIGHTS = os.path.join(DEMO_ASSETS, "demo_weights")
 DEMO_VERSION = "v1"
