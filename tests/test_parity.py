@@ -51,22 +51,22 @@ def make_inputs(rows, seed=0):
     return inputs
 
 
-def run_reference(model, inputs):
-    torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = model(**torch_inputs, use_cache=False)
-        positions, deltas = model.get_rope_index(
-            torch_inputs["input_ids"],
-            torch_inputs.get("image_grid_thw"),
-            torch_inputs.get("video_grid_thw"),
-            torch_inputs.get("second_per_grid_ts"),
-            torch_inputs["attention_mask"],
-        )
-        vision = {}
-        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-            if pixels in torch_inputs:
-                vision[pixels] = model.visual(torch_inputs[pixels], grid_thw=torch_inputs[grid]).numpy()
-    return out.logits.numpy(), out.loss.item(), positions.numpy(), deltas.numpy(), vision
+def run(model, tensors):
+    """Logits, loss, rope index and vision outputs; the reference and this library share the API."""
+    out = model(**tensors, use_cache=False)
+    positions, deltas = model.get_rope_index(
+        tensors["input_ids"],
+        tensors.get("image_grid_thw"),
+        tensors.get("video_grid_thw"),
+        tensors.get("second_per_grid_ts"),
+        tensors["attention_mask"],
+    )
+    vision = {
+        pixels: model.visual(tensors[pixels], grid_thw=tensors[grid]).numpy()
+        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
+        if pixels in tensors
+    }
+    return out.logits.numpy(), out.loss.item(), positions.numpy(), deltas.numpy(), vision, out.rope_deltas.numpy()
 
 
 @pytest.fixture(scope="module", params=["eager", "sdpa", "flash_attention_2"])
@@ -80,26 +80,16 @@ def loaded(request, reference_checkpoint):
 def test_matches_reference(loaded, name, rows):
     ref_model, model = loaded
     inputs = make_inputs(rows)
-    ref_logits, ref_loss, ref_pos, ref_deltas, ref_vision = run_reference(ref_model, inputs)
-
-    pd_inputs = {k: paddle.to_tensor(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        ref_logits, ref_loss, ref_pos, ref_deltas, ref_vision, _ = run(ref_model, {k: torch.from_numpy(v) for k, v in inputs.items()})
     with paddle.no_grad():
-        out = model(**pd_inputs, use_cache=False)
-        positions, deltas = model.get_rope_index(
-            pd_inputs["input_ids"],
-            pd_inputs.get("image_grid_thw"),
-            pd_inputs.get("video_grid_thw"),
-            pd_inputs.get("second_per_grid_ts"),
-            pd_inputs["attention_mask"],
-        )
-        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-            if pixels in pd_inputs:
-                ours = model.visual(pd_inputs[pixels], grid_thw=pd_inputs[grid]).numpy()
-                np.testing.assert_allclose(ours, ref_vision[pixels], rtol=0, atol=1e-5, err_msg=f"{pixels} vision output")
+        logits, loss, positions, deltas, vision, rope_deltas = run(model, {k: paddle.to_tensor(v) for k, v in inputs.items()})
 
-    np.testing.assert_array_equal(positions.numpy(), ref_pos)
-    np.testing.assert_array_equal(deltas.numpy(), ref_deltas)
-    np.testing.assert_array_equal(out.rope_deltas.numpy(), ref_deltas)
+    for pixels, expected in ref_vision.items():
+        np.testing.assert_allclose(vision[pixels], expected, rtol=0, atol=1e-5, err_msg=f"{pixels} vision output")
+    np.testing.assert_array_equal(positions, ref_pos)
+    np.testing.assert_array_equal(deltas, ref_deltas)
+    np.testing.assert_array_equal(rope_deltas, ref_deltas)
     real = inputs["attention_mask"] == 1  # padded positions carry no meaning on either side
-    np.testing.assert_allclose(out.logits.numpy()[real], ref_logits[real], rtol=0, atol=1e-4)
-    assert abs(out.loss.item() - ref_loss) <= 1e-5
+    np.testing.assert_allclose(logits[real], ref_logits[real], rtol=0, atol=1e-4)
+    assert abs(loss - ref_loss) <= 1e-5
