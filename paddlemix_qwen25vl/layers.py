@@ -6,6 +6,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .distributed.context import SINGLE, ParallelContext
+from .distributed.layers import ColumnParallelLinear, RowParallelLinear
+
 __all__ = ["RMSNorm", "SwiGLUMLP", "ACT2FN"]
 
 ACT2FN = {"silu": F.silu, "gelu": F.gelu, "quick_gelu": lambda x: x * F.sigmoid(1.702 * x)}
@@ -31,14 +34,19 @@ class RMSNorm(nn.Layer):
 
 
 class SwiGLUMLP(nn.Layer):
-    """down(act(gate(x)) * up(x)); with bias in the vision tower, without in the decoder."""
+    """down(act(gate(x)) * up(x)); with bias in the vision tower, without in the decoder.
 
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool) -> None:
+    gate/up are column-parallel and down row-parallel under tensor parallelism (``mp``);
+    with the default single-process context they are plain ``nn.Linear`` layers.
+    """
+
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool, mp: ParallelContext = SINGLE
+    ) -> None:
         super().__init__()
-        bias_attr = None if bias else False
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias_attr=bias_attr)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias_attr=bias_attr)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias_attr=bias_attr)
+        self.gate_proj = ColumnParallelLinear(hidden_size, intermediate_size, bias=bias, mp=mp)
+        self.up_proj = ColumnParallelLinear(hidden_size, intermediate_size, bias=bias, mp=mp)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias, mp=mp)
         if hidden_act not in ACT2FN:
             raise ValueError(f"unsupported hidden_act {hidden_act!r}; expected one of {', '.join(ACT2FN)}")
         self.act_fn = ACT2FN[hidden_act]

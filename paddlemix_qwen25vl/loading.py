@@ -11,6 +11,13 @@ Accepted checkpoints (a local directory or a hub id):
 Torch Linear weights are ``[out, in]`` and Paddle's are ``[in, out]``: every ``nn.Linear``
 weight of the model is transposed when it comes from a torch checkpoint; Conv3D kernels,
 embeddings, norms and biases never are.
+
+Tensor parallelism: a :class:`TensorSlicing` (built from the model's parallel layers) says
+which axis of which tensor is split; each rank then reads only its slice of those tensors.
+From safetensors the slice is taken on the memory map before any conversion, so only its
+bytes are copied (a slice along a stored tensor's last axis is strided, so the pages it
+spans are touched; the map is released after every tensor, so they never accumulate).
+``.pdparams`` files have no random access: they are read whole, then sliced.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -38,6 +46,8 @@ from .checkpoint_io import (
 __all__ = [
     "resolve_model_path",
     "load_weights",
+    "read_checkpoint",
+    "TensorSlicing",
     "save_weights",
     "write_sharded",
     "shard_files",
@@ -137,32 +147,64 @@ def shard_files(path: str) -> List[str]:
     )
 
 
-def file_is_torch_layout(reader: SafetensorsFile, params: Optional[Dict[str, paddle.Tensor]] = None) -> bool:
+def file_is_torch_layout(reader: SafetensorsFile, shapes: Optional[Mapping[str, Tuple[int, ...]]] = None) -> bool:
     """Torch layout unless the file's metadata says Paddle; without metadata, decided by a
-    non-square Linear weight compared with the model's ``params`` (torch when undecidable)."""
+    non-square Linear weight compared with the model's full (unsplit) Paddle-layout ``shapes``
+    (torch when undecidable)."""
     declared = reader.metadata.get("format")
     if declared is not None:
         return declared in _TORCH_FORMATS
     for key in reader.keys():
         name = checkpoint_name(key)
-        if params is not None and is_linear_weight(name) and name in params:
-            expected = tuple(params[name].shape)
+        if shapes is not None and is_linear_weight(name) and name in shapes:
+            expected = tuple(shapes[name])
             if expected[0] != expected[1]:
                 return reader.shape(key) == expected[::-1]
     return True
 
 
-def _iter_file(path: str, params: Dict[str, paddle.Tensor]) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
+def _iter_file(path: str, shapes: Mapping[str, Tuple[int, ...]]) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
     """Yield ``(key, stored array, dtype name, torch layout)`` for every tensor of one file."""
     if path.endswith(".pdparams"):
         for key, array, dtype_name in read_pdparams(path):
             yield key, array, dtype_name, False
         return
     reader = SafetensorsFile(path)
-    torch_layout = file_is_torch_layout(reader, params)
+    torch_layout = file_is_torch_layout(reader, shapes)
     for key in reader.keys():
         yield key, reader.raw(key), reader.dtype_name(key), torch_layout
-    reader.close()
+        # Unmap after every tensor: pages the view touched stop counting towards this process.
+        reader.close()
+
+
+@dataclass(frozen=True)
+class TensorSlicing:
+    """The slice of each full tensor that tensor-parallel rank ``rank`` of ``world_size`` holds:
+    ``axes`` maps parameter names to their split axis in Paddle layout (see
+    :func:`paddlemix_qwen25vl.distributed.split_axes`); other tensors are read whole."""
+
+    rank: int = 0
+    world_size: int = 1
+    axes: Mapping[str, int] = field(default_factory=dict)
+
+    def full_shape(self, name: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The unsplit Paddle-layout shape of parameter ``name`` whose local shape is ``shape``."""
+        if name not in self.axes:
+            return tuple(shape)
+        axis = self.axes[name]
+        return tuple(n * self.world_size if i == axis else n for i, n in enumerate(shape))
+
+    def take(self, name: str, array: np.ndarray, transposed: bool) -> np.ndarray:
+        """This rank's slice of full tensor ``array`` (stored transposed to Paddle layout if ``transposed``).
+        On a memory map this is a view: nothing is read until it is copied."""
+        if name not in self.axes or self.world_size == 1:
+            return array
+        axis = self.axes[name]
+        axis = array.ndim - 1 - axis if transposed else axis
+        width = array.shape[axis] // self.world_size
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(self.rank * width, (self.rank + 1) * width)
+        return array[tuple(index)]
 
 
 def _count_tensors(files: List[str]) -> Optional[int]:
@@ -176,39 +218,45 @@ def _limited(names: List[str], limit: int = 20) -> str:
     return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) -> None:
-    """Stream every weight file of checkpoint directory ``path`` into ``model``'s parameters.
+def read_checkpoint(
+    path: str,
+    shapes: Mapping[str, Tuple[int, ...]],
+    slicing: TensorSlicing = TensorSlicing(),
+    ignore_keys: Tuple[str, ...] = (),
+    desc: str = "Loading weights",
+) -> Iterator[Tuple[str, np.ndarray, str]]:
+    """Yield ``(name, array, dtype name)`` for every tensor of checkpoint directory ``path``.
 
-    Tensors are read, converted to the parameter's dtype (and transposed for torch Linear
-    weights) and assigned one at a time. Any missing, unexpected or mis-shaped key raises a
-    :class:`CheckpointError` listing them; no parameter is left randomly initialised.
-    ``ignore_keys`` are checkpoint keys to skip silently (e.g. a tied ``lm_head.weight``).
+    ``shapes`` are the expected (local, per-rank) Paddle-layout shapes by parameter name.
+    Arrays come in Paddle layout (torch Linear weights transposed), in the stored dtype
+    (bfloat16 as uint16 words), already cut to this rank's slice; they may be views of a
+    memory map, valid until the next tensor is requested. After the last tensor, any
+    missing, unexpected or mis-shaped key raises a :class:`CheckpointError` listing them.
+    ``ignore_keys`` are names to skip silently (e.g. a tied ``lm_head.weight``).
     """
-    params = dict(model.named_parameters())
+    full_shapes = {name: slicing.full_shape(name, shape) for name, shape in shapes.items()}
     files = shard_files(path)
     loaded, unexpected, mismatched = set(), [], []
-    with tqdm(total=_count_tensors(files), desc="Loading weights", unit="tensor", disable=None) as progress:
+    with tqdm(total=_count_tensors(files), desc=desc, unit="tensor", disable=None) as progress:
         for file in files:
-            for key, stored, dtype_name, torch_layout in _iter_file(file, params):
+            for key, stored, dtype_name, torch_layout in _iter_file(file, full_shapes):
                 progress.update(1)
                 name = checkpoint_name(key)
                 if name in ignore_keys:
                     continue
-                if name not in params:
+                if name not in shapes:
                     unexpected.append(key)
                     continue
-                param = params[name]
                 transpose = torch_layout and is_linear_weight(name)
                 shape = tuple(stored.shape[::-1] if transpose else stored.shape)
-                if shape != tuple(param.shape):
-                    mismatched.append(f"{key} {list(stored.shape)} in {os.path.basename(file)} vs {list(param.shape)}")
+                if shape != full_shapes[name]:
+                    mismatched.append(f"{key} {list(stored.shape)} in {os.path.basename(file)} vs {list(full_shapes[name])}")
                     continue
-                value = to_float32(stored, dtype_name)
-                value = np.ascontiguousarray(value.T) if transpose else value
-                tensor = paddle.to_tensor(value)
-                param.set_value(tensor if param.dtype == paddle.float32 else tensor.astype(param.dtype))
+                value = slicing.take(name, stored, transpose)
+                yield name, value.T if transpose else value, dtype_name
+                del stored, value  # let the map (and the pages it touched) go before the next tensor
                 loaded.add(name)
-    missing = sorted(set(params) - loaded)
+    missing = sorted(set(shapes) - loaded)
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_limited(missing)}")
@@ -218,6 +266,26 @@ def load_weights(model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = ()) 
         problems.append(f"mis-shaped keys ({len(mismatched)}, checkpoint vs model): {_limited(mismatched)}")
     if problems:
         raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(problems))
+
+
+def load_weights(
+    model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = (), slicing: TensorSlicing = TensorSlicing()
+) -> None:
+    """Stream every weight file of checkpoint directory ``path`` into ``model``'s parameters.
+
+    Tensors are read (only this rank's slice under ``slicing``), converted to the parameter's
+    dtype (and transposed for torch Linear weights) and assigned one at a time. Any missing,
+    unexpected or mis-shaped key raises a :class:`CheckpointError` listing them; no parameter
+    is left randomly initialised. ``ignore_keys`` are checkpoint keys to skip silently.
+    """
+    params = dict(model.named_parameters())
+    shapes = {name: tuple(param.shape) for name, param in params.items()}
+    for name, value, dtype_name in read_checkpoint(path, shapes, slicing, ignore_keys):
+        param = params[name]
+        value = np.ascontiguousarray(to_float32(value, dtype_name))
+        # float32 goes straight from the (mapped) array into the parameter: no intermediate tensor.
+        param.set_value(value if param.dtype == paddle.float32 else paddle.to_tensor(value).astype(param.dtype))
+        del value
 
 
 def write_sharded(

@@ -22,8 +22,11 @@ from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
 
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
+from .distributed.checkpoints import rank_checkpoint, save_rank_checkpoint
+from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_config, init_tensor_parallel
+from .distributed.layers import ColumnParallelLinear, TiedLMHead, split_axes
 from .generation import generate
-from .loading import load_weights, resolve_model_path, save_weights
+from .loading import TensorSlicing, load_weights, resolve_model_path, save_weights
 from .rope import rope_index
 from .runtime import resolve_dtype
 from .text import Qwen2_5_VLTextModel
@@ -44,21 +47,6 @@ class Qwen2_5_VLCausalLMOutputWithPast(ModelOutput):
     rope_deltas: Optional[paddle.Tensor] = None
 
 
-class TiedLMHead(nn.Layer):
-    """Output projection sharing the token embedding matrix ``[vocab, hidden]`` (3B)."""
-
-    def __init__(self, embedding: nn.Embedding) -> None:
-        super().__init__()
-        self._embedding = [embedding]  # a list keeps it out of this layer's parameters
-
-    @property
-    def weight(self) -> paddle.Tensor:
-        return self._embedding[0].weight
-
-    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        return paddle.matmul(hidden_states, self.weight, transpose_y=True)
-
-
 class Qwen2_5_VLPreTrainedModel(PretrainedModel):
     """paddlenlp base: config class and the reference's weight initialisation."""
 
@@ -74,16 +62,24 @@ class Qwen2_5_VLPreTrainedModel(PretrainedModel):
 
 
 class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
-    """Qwen2.5-VL for image/video-conditioned text generation and fine-tuning."""
+    """Qwen2.5-VL for image/video-conditioned text generation and fine-tuning.
 
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+    ``mp`` (a :class:`~paddlemix_qwen25vl.distributed.ParallelContext`) splits the decoder
+    and the vocabulary-parallel lm_head across tensor-parallel ranks; the vision tower is
+    replicated on every rank (about 0.67B parameters, small next to the 7B/72B decoders,
+    and splitting its short windowed-attention sequences would cost collectives per block
+    for little memory).
+    """
+
+    def __init__(self, config: Qwen2_5_VLConfig, mp: ParallelContext = SINGLE) -> None:
         super().__init__(config)
+        self.mp = mp
         self.visual = Qwen2_5_VisionTransformer(config.vision_config, config.attn_implementation)
-        self.model = Qwen2_5_VLTextModel(config)
+        self.model = Qwen2_5_VLTextModel(config, mp)
         if config.tie_word_embeddings:
             self.lm_head = TiedLMHead(self.model.embed_tokens)
-        else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        else:  # logits for this rank's vocabulary slice, gathered into [..., vocab]
+            self.lm_head = ColumnParallelLinear(config.hidden_size, config.vocab_size, bias=False, mp=mp, gather_output=True)
         self.set_recompute(vision=config.recompute_vision, decoder=config.recompute_decoder)
         # Defaults for generate(); from_pretrained replaces them with generation_config.json.
         self.generation_config = GenerationConfig.from_model_config(config)
@@ -242,12 +238,19 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         dtype: Optional[str] = None,
         attn_implementation: Optional[str] = None,
         config: Optional[Qwen2_5_VLConfig] = None,
+        mp_degree: int = 1,
         **config_overrides: Any,
     ) -> "Qwen2_5_VLForConditionalGeneration":
         """Load a checkpoint directory or hub id (HF or Paddle format, one file or sharded).
 
         ``dtype`` defaults to float32 on CPU and the checkpoint's dtype on GPU; weights are
         converted while loading. The model is returned in eval mode.
+
+        ``mp_degree > 1`` loads a tensor-parallel rank: run one process per rank under
+        ``python -m paddle.distributed.launch`` (gloo on CPU, NCCL on GPU). Each rank builds
+        and reads only its slice of the decoder (plus the whole vision tower), from any full
+        checkpoint or from a per-rank one saved with the same degree. A degree that does not
+        divide the heads, kv heads, MLP width or vocabulary raises a ValueError before anything runs.
         """
         path = resolve_model_path(pretrained_model_name_or_path)
         if config is None:
@@ -257,27 +260,47 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if attn_implementation is not None:
             config.attn_implementation = attn_implementation
         config._validate()
+        check_tensor_parallel_config(config, mp_degree)
         compute_dtype = resolve_dtype(dtype, getattr(config, "dtype", None))
-        previous = paddle.get_default_dtype()
-        paddle.set_default_dtype(compute_dtype)
-        try:
-            with no_init_weights():  # every weight is about to be overwritten
-                model = cls(config)
-        finally:
-            paddle.set_default_dtype(previous)
-        load_weights(model, path, ignore_keys=("lm_head.weight",) if config.tie_word_embeddings else ())
+        mp = init_tensor_parallel(mp_degree)
+        model = cls.build(config, compute_dtype, mp)
+        per_rank = rank_checkpoint(path, mp)
+        ignore = ("lm_head.weight",) if config.tie_word_embeddings else ()
+        if per_rank is not None:  # already this rank's slices
+            load_weights(model, per_rank, ignore_keys=ignore)
+        else:
+            load_weights(model, path, ignore_keys=ignore, slicing=TensorSlicing(mp.rank, mp.world_size, split_axes(model)))
         generation_file = os.path.join(path, "generation_config.json")
         if os.path.exists(generation_file):
             model.generation_config = GenerationConfig.from_pretrained(path)
         model.eval()
         return model
 
+    @classmethod
+    def build(cls, config: Qwen2_5_VLConfig, dtype: str, mp: ParallelContext = SINGLE) -> "Qwen2_5_VLForConditionalGeneration":
+        """An uninitialised model (this rank's share under ``mp``) with parameters in ``dtype``, to be loaded."""
+        previous = paddle.get_default_dtype()
+        paddle.set_default_dtype(dtype)
+        try:
+            with no_init_weights():  # every weight is about to be overwritten
+                return cls(config, mp=mp)
+        finally:
+            paddle.set_default_dtype(previous)
+
     def save_pretrained(self, save_directory: str, max_shard_size: int = 5 * 1024**3) -> None:
-        """Write ``config.json``, ``generation_config.json`` and Paddle-layout safetensors weights."""
+        """Write ``config.json``, ``generation_config.json`` and Paddle-layout safetensors weights.
+
+        Under tensor parallelism every rank must call it: each writes its own slices (see
+        :mod:`paddlemix_qwen25vl.distributed.checkpoints` for the layout and the merge tool).
+        """
         os.makedirs(save_directory, exist_ok=True)
-        self.config.architectures = [type(self).__name__]
-        self.config.save_pretrained(save_directory)
-        if self.generation_config is not None:
-            with open(os.path.join(save_directory, "generation_config.json"), "w") as f:
-                json.dump(self.generation_config.to_dict(), f, indent=2)
-        save_weights(self, save_directory, max_shard_bytes=max_shard_size)
+        if self.mp.world_size == 1 or self.mp.rank == 0:
+            self.config.architectures = [type(self).__name__]
+            self.config.save_pretrained(save_directory)
+            if self.generation_config is not None:
+                with open(os.path.join(save_directory, "generation_config.json"), "w") as f:
+                    json.dump(self.generation_config.to_dict(), f, indent=2)
+        if self.mp.world_size == 1:
+            save_weights(self, save_directory, max_shard_bytes=max_shard_size)
+        else:
+            save_rank_checkpoint(self, save_directory, max_shard_bytes=max_shard_size)

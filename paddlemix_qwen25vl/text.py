@@ -1,4 +1,9 @@
-"""The Qwen2.5 decoder: GQA attention with MRoPE, SwiGLU MLP, RMSNorm, a KV cache."""
+"""The Qwen2.5 decoder: GQA attention with MRoPE, SwiGLU MLP, RMSNorm, a KV cache.
+
+Built from the tensor-parallel blocks of :mod:`paddlemix_qwen25vl.distributed`: with
+``mp.world_size == N`` each rank holds ``1/N`` of the heads, kv heads, MLP channels and
+vocabulary; with the default ``SINGLE`` context they are plain ``nn.Linear``/``nn.Embedding``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from paddle.distributed.fleet.utils import recompute
 from .attention import causal_padding_mask, dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
+from .distributed.context import SINGLE, ParallelContext
+from .distributed.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from .layers import RMSNorm, SwiGLUMLP
 from .rope import apply_rotary, mrope_cos_sin, rotary_inv_freq
 
@@ -32,18 +39,25 @@ class AttentionLayout:
 
 
 class DecoderAttention(nn.Layer):
-    """Grouped-query self-attention; q/k/v projections with bias, o_proj without."""
+    """Grouped-query self-attention; q/k/v projections with bias, o_proj without.
 
-    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int) -> None:
+    Under tensor parallelism q/k/v are column-parallel and o_proj row-parallel: each rank
+    attends with its own ``heads / mp`` query heads and ``kv_heads / mp`` kv heads (contiguous
+    head ranges, so every rank keeps whole GQA groups) and caches only those.
+    """
+
+    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int, mp: ParallelContext = SINGLE) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads = mp.shard(config.num_attention_heads, "num_attention_heads")  # local heads
+        self.num_kv_heads = mp.shard(config.num_key_value_heads, "num_key_value_heads")
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias_attr=False)
+        hidden = config.hidden_size
+        q_width, kv_width = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
+        self.q_proj = ColumnParallelLinear(hidden, q_width, mp=mp)
+        self.k_proj = ColumnParallelLinear(hidden, kv_width, mp=mp)
+        self.v_proj = ColumnParallelLinear(hidden, kv_width, mp=mp)
+        self.o_proj = RowParallelLinear(q_width, hidden, bias=False, mp=mp)
 
     def forward(
         self,
@@ -71,16 +85,17 @@ class DecoderAttention(nn.Layer):
             out = paddle.scatter(paddle.zeros_like(q).reshape([batch * q_len, self.num_heads, -1]), layout.rows_q, out_rows)
         else:
             out = dense_attention(q, k, v, layout.mask, layout.implementation)
+        # o_proj takes this rank's heads and returns their contribution summed over all ranks.
         return self.o_proj(out.reshape([batch, q_len, self.num_heads * self.head_dim]))
 
 
 class DecoderLayer(nn.Layer):
     """x + attn(input_layernorm(x)); x + mlp(post_attention_layernorm(x))."""
 
-    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int) -> None:
+    def __init__(self, config: Qwen2_5_VLConfig, layer_idx: int, mp: ParallelContext = SINGLE) -> None:
         super().__init__()
-        self.self_attn = DecoderAttention(config, layer_idx)
-        self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act, bias=False)
+        self.self_attn = DecoderAttention(config, layer_idx, mp)
+        self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act, bias=False, mp=mp)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -112,13 +127,14 @@ def _unpadded_layout(
 
 
 class Qwen2_5_VLTextModel(nn.Layer):
-    """Token embeddings, decoder layers and the final norm (``model.*`` in checkpoints)."""
+    """Token embeddings, decoder layers and the final norm (``model.*`` in checkpoints);
+    ``mp`` splits them across tensor-parallel ranks (norms and rotary tables are replicated)."""
 
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+    def __init__(self, config: Qwen2_5_VLConfig, mp: ParallelContext = SINGLE) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.LayerList([DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, mp)
+        self.layers = nn.LayerList([DecoderLayer(config, i, mp) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.register_buffer(
             "inv_freq", paddle.to_tensor(rotary_inv_freq(config.head_dim, config.rope_theta)), persistable=False

@@ -1,0 +1,36 @@
+"""Tensor parallelism (``mp_degree``) for inference on CPU (gloo) and GPU (NCCL).
+
+- :mod:`.context`: which rank this process is (:class:`ParallelContext`), start-up checks,
+  and the collectives (plain ``paddle.distributed``, with gradients);
+- :mod:`.layers`: column/row-parallel Linear, vocabulary-parallel embedding and lm_head,
+  used by the decoder whether mp is 1 or N;
+- :mod:`.checkpoints`: per-rank checkpoints, merging them into one and splitting one.
+"""
+
+from .checkpoints import merge_tensor_parallel, read_manifest, split_tensor_parallel
+from .context import (
+    SINGLE,
+    ParallelContext,
+    check_tensor_parallel_config,
+    check_tensor_parallel_supported,
+    init_tensor_parallel,
+    is_main_process,
+)
+from .layers import ColumnParallelLinear, RowParallelLinear, TiedLMHead, VocabParallelEmbedding, split_axes
+
+__all__ = [
+    "ParallelContext",
+    "SINGLE",
+    "init_tensor_parallel",
+    "check_tensor_parallel_config",
+    "check_tensor_parallel_supported",
+    "is_main_process",
+    "ColumnParallelLinear",
+    "RowParallelLinear",
+    "VocabParallelEmbedding",
+    "TiedLMHead",
+    "split_axes",
+    "merge_tensor_parallel",
+    "split_tensor_parallel",
+    "read_manifest",
+]
