@@ -122,7 +122,7 @@ def generate(
     new_tokens: List[paddle.Tensor] = []
     scores = paddle.zeros([batch, 1], dtype="float32")
     finished = paddle.zeros([batch], dtype="bool")
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **model_inputs)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, logits_to_keep=1, **model_inputs)
     for step in range(max_new_tokens):
         logits = outputs.logits[:, -1, :].astype("float32")  # [B, vocab]
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
@@ -155,9 +155,10 @@ def generate(
                 past_key_values=outputs.past_key_values,
                 rope_deltas=outputs.rope_deltas,
                 use_cache=True,
+                logits_to_keep=1,
             )
         else:
-            outputs = model(input_ids=seen, attention_mask=attention_mask, use_cache=False, **model_inputs)
+            outputs = model(input_ids=seen, attention_mask=attention_mask, use_cache=False, logits_to_keep=1, **model_inputs)
     if streamer is not None:
         streamer.end()
     return paddle.stack(new_tokens, axis=1), scores

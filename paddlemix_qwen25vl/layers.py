@@ -25,7 +25,7 @@ class RMSNorm(nn.Layer):
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.astype("float32")
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        variance = paddle.square(hidden_states).mean(-1, keepdim=True)  # square: Paddle's CPU pow is ~6x slower
         hidden_states = hidden_states * paddle.rsqrt(variance + self.variance_epsilon)
         return self.weight * hidden_states.astype(input_dtype)
 

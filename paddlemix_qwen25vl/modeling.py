@@ -163,6 +163,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         video_grid_thw: GridLike = None,
         rope_deltas: Optional[paddle.Tensor] = None,
         second_per_grid_ts: GridLike = None,
+        logits_to_keep: int = 0,
         return_dict: bool = True,
     ) -> Qwen2_5_VLCausalLMOutputWithPast:
         """Logits (and loss with ``labels``) for ``input_ids [B, L]`` with optional images and videos.
@@ -170,6 +171,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         ``pixel_values [N, 1176]`` + ``image_grid_thw [n, 3]`` (and the video counterparts)
         are encoded by the vision tower and placed at the pad tokens. ``labels [B, L]`` use
         -100 for unsupervised tokens; the loss is the mean shifted cross entropy in float32.
+        ``logits_to_keep > 0`` computes logits for the last that many positions only (generation
+        needs one: the vocabulary projection of a whole prompt is wasted work).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -210,7 +213,11 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             position_ids = position_ids.unsqueeze(0).expand([3, batch, length])
 
         hidden_states, past_key_values = self.model(inputs_embeds, position_ids, attention_mask, past_key_values)
-        logits = self.lm_head(hidden_states)  # [B, L, vocab]
+        if logits_to_keep > 0:
+            if labels is not None:
+                raise ValueError("logits_to_keep cannot be combined with labels (the loss needs every position)")
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)  # [B, L or logits_to_keep, vocab]
 
         loss = None
         if labels is not None:
