@@ -164,6 +164,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         rope_deltas: Optional[paddle.Tensor] = None,
         second_per_grid_ts: GridLike = None,
         logits_to_keep: int = 0,
+        return_logits: bool = True,
         return_dict: bool = True,
     ) -> Qwen2_5_VLCausalLMOutputWithPast:
         """Logits (and loss with ``labels``) for ``input_ids [B, L]`` with optional images and videos.
@@ -173,7 +174,11 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         -100 for unsupervised tokens; the loss is the mean shifted cross entropy in float32.
         ``logits_to_keep > 0`` computes logits for the last that many positions only (generation
         needs one: the vocabulary projection of a whole prompt is wasted work).
+        ``return_logits=False`` with ``labels`` returns the loss alone, projecting only the
+        supervised positions onto the vocabulary (what training needs, at a fraction of the cost).
         """
+        if labels is None and not return_logits:
+            raise ValueError("return_logits=False only makes sense with labels (the loss is all that is returned)")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -217,17 +222,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             if labels is not None:
                 raise ValueError("logits_to_keep cannot be combined with labels (the loss needs every position)")
             hidden_states = hidden_states[:, -logits_to_keep:]
-        logits = self.lm_head(hidden_states)  # [B, L or logits_to_keep, vocab]
-
-        loss = None
-        if labels is not None:
-            # Token t predicts label t + 1; logits upcast so the loss is float32 whatever the dtype.
-            shift_logits = logits[:, :-1, :].astype("float32").reshape([-1, logits.shape[-1]])
-            shift_labels = labels[:, 1:].reshape([-1])
-            # Paddle's reduction="mean" divides by every token, ignored ones included: average by hand.
-            token_losses = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="none")
-            supervised = (shift_labels != -100).astype("float32")
-            loss = token_losses.reshape([-1]).sum() / supervised.sum()
+        logits = self.lm_head(hidden_states) if return_logits else None  # [B, L or logits_to_keep, vocab]
+        loss = None if labels is None else self._loss(hidden_states, logits, labels)
         output = Qwen2_5_VLCausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None, rope_deltas=rope_deltas
         )
@@ -236,6 +232,21 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
     def generate(self, input_ids: paddle.Tensor, **kwargs: Any) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """Greedy or sampled continuation of ``input_ids``: see :func:`paddlemix_qwen25vl.generation.generate`."""
         return generate(self, input_ids, **kwargs)
+
+    def _loss(self, hidden_states: paddle.Tensor, logits: Optional[paddle.Tensor], labels: paddle.Tensor) -> paddle.Tensor:
+        """Mean cross entropy of token t predicting label t + 1 over the supervised (!= -100) labels, in float32.
+
+        Only supervised rows enter the cross entropy (Paddle's ``reduction="mean"`` would also
+        count ignored ones); without ``logits``, only those rows go through the lm_head.
+        """
+        targets = labels[:, 1:].reshape([-1])
+        rows = paddle.nonzero(targets != -100).reshape([-1])
+        if logits is not None:
+            row_logits = paddle.gather(logits[:, :-1].reshape([-1, logits.shape[-1]]), rows)
+        else:
+            hidden = hidden_states[:, :-1].reshape([-1, hidden_states.shape[-1]])
+            row_logits = self.lm_head(paddle.gather(hidden, rows))  # [supervised, vocab]
+        return F.cross_entropy(row_logits.astype("float32"), paddle.gather(targets, rows), reduction="mean")
 
     # ------------------------------------------------------------- checkpoints
     @classmethod

@@ -50,3 +50,22 @@ def test_gradients_match_reference(reference_checkpoint, recompute):
         expected = ref_grads[name].T if transposed else ref_grads[name]
         bad = np.nonzero(np.abs(grad - expected).max(-1) > 1e-5)[0] if grad.ndim == 2 else []
         np.testing.assert_allclose(grad, expected, rtol=0, atol=1e-5, err_msg=f"{name} rows {bad}")
+
+
+def test_loss_without_logits_equals_full_loss(reference_checkpoint):
+    """return_logits=False projects only supervised rows: same loss and gradients as the full logits."""
+    _, path = reference_checkpoint
+    inputs = make_inputs(ROWS, seed=7)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+    model.train()
+    results = []
+    for return_logits in (True, False):
+        model.clear_gradients()
+        out = model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}, use_cache=False, return_logits=return_logits)
+        out.loss.backward()
+        assert (out.logits is None) == (not return_logits)
+        results.append((out.loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.numpy().copy()))
+    assert abs(results[0][0] - results[1][0]) <= 1e-6
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="only makes sense with labels"):
+        model(input_ids=paddle.to_tensor(inputs["input_ids"]), return_logits=False)

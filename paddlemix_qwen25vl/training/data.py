@@ -1,0 +1,279 @@
+"""SFT data: the --meta_path file, annotation files, and the lazy training dataset.
+
+``--meta_path`` is a JSON object ``{name: {"annotation": path, "data_root": dir,
+"repeat_time": k}}``. ``data_root`` defaults to the annotation file's folder (PaddleMIX's
+``root`` is accepted as a synonym); relative paths are taken from the meta file's folder.
+``repeat_time`` 2.5 uses every record twice plus a seeded half of them; 0.3 a seeded 30%.
+
+Annotation files are a JSON list or JSON lines. Records are parsed when they are read
+(``__getitem__``), so media are decoded only for the samples a step actually uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..processing.image_processing import to_rgb
+from ..processing.vision_info import VIDEO_MAX_PIXELS, fetch_image, fetch_video, load_image
+from ..rope import rope_index
+from .conversation import IGNORE_INDEX, RecordError, encode_conversation, parse_record
+
+__all__ = ["DatasetSpec", "load_meta", "read_annotation", "build_index", "SFTDataset", "DataStats", "fit_length"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of the meta file, with paths made absolute."""
+
+    name: str
+    annotation: str
+    data_root: str
+    repeat_time: float = 1.0
+
+
+def load_meta(meta_path: str) -> List[DatasetSpec]:
+    """Parse a meta file; relative paths are resolved against its folder."""
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict) or not meta:
+        raise ValueError(f"{meta_path}: expected a JSON object {{name: {{'annotation': ..., ...}}}}")
+    base = os.path.dirname(os.path.abspath(meta_path))
+    specs = []
+    for name, entry in meta.items():
+        if "annotation" not in entry:
+            raise ValueError(f"{meta_path}: dataset {name!r} has no 'annotation'")
+        annotation = os.path.join(base, entry["annotation"])
+        root = entry.get("data_root", entry.get("root"))
+        data_root = os.path.join(base, root) if root is not None else os.path.dirname(annotation)
+        repeat = float(entry.get("repeat_time", 1.0))
+        if repeat <= 0:
+            raise ValueError(f"{meta_path}: dataset {name!r} has repeat_time {repeat}; it must be > 0")
+        specs.append(DatasetSpec(name, annotation, data_root, repeat))
+    return specs
+
+
+def read_annotation(path: str) -> List[Any]:
+    """Records of a JSON list file or a JSON-lines file (blank lines ignored)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                # kept as a bad record so that it is reported with the others
+                records.append(RecordError(f"line {number} is not JSON: {err}"))
+    return records
+
+
+def build_index(specs: Sequence[DatasetSpec], seed: int = 42) -> List[Tuple[int, int]]:
+    """``(dataset number, record number)`` pairs after applying every ``repeat_time``."""
+    rng = np.random.default_rng(seed)
+    index: List[Tuple[int, int]] = []
+    for number, spec in enumerate(specs):
+        count = len(read_annotation(spec.annotation))
+        whole, fraction = int(spec.repeat_time), spec.repeat_time - int(spec.repeat_time)
+        picked = list(range(count)) * whole
+        if fraction > 0:
+            picked += sorted(rng.choice(count, size=int(math.ceil(fraction * count)), replace=False).tolist())
+        index += [(number, record) for record in picked]
+    return index
+
+
+class DataStats:
+    """Counts of skipped, truncated and dropped samples (each record reported once)."""
+
+    def __init__(self) -> None:
+        self.skipped: Dict[str, str] = {}  # record name -> reason
+        self.truncated: set = set()
+        self.too_long: set = set()
+
+    def summary(self) -> str:
+        """One paragraph for the end of training."""
+        reasons = Counter(reason.split(":")[0] for reason in self.skipped.values())
+        lines = [
+            f"data summary: {len(self.skipped)} bad record(s) skipped, {len(self.too_long)} too long and dropped, "
+            f"{len(self.truncated)} truncated (text only)"
+        ]
+        lines += [f"  {count} x {reason}" for reason, count in reasons.most_common()]
+        return "\n".join(lines)
+
+
+def fit_length(
+    input_ids: List[int], labels: List[int], max_length: int, vision_ids: Sequence[int]
+) -> Optional[Tuple[List[int], List[int]]]:
+    """Cut a sample to ``max_length`` tokens without cutting through a vision item.
+
+    Returns the (possibly shortened) ids and labels, or None when the cut would fall inside
+    or before the last vision item or would leave no supervised token.
+    """
+    if len(input_ids) <= max_length:
+        return input_ids, labels
+    vision = [i for i, token in enumerate(input_ids) if token in vision_ids]
+    if vision and vision[-1] >= max_length:
+        return None
+    labels = labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return None
+    return input_ids[:max_length], labels
+
+
+class SFTDataset:
+    """Lazy supervised fine-tuning dataset (a map-style ``paddle.io.Dataset``).
+
+    ``__getitem__`` returns numpy arrays: ``input_ids [L]``, ``labels [L]``, ``position_ids
+    [3, L]`` (MRoPE, from :func:`paddlemix_qwen25vl.rope.rope_index`, the function the model's
+    ``get_rope_index`` wraps) and, when the sample has media, ``pixel_values`` /
+    ``image_grid_thw`` and ``pixel_values_videos`` / ``video_grid_thw``. A bad or over-long
+    record is logged, counted in :attr:`stats` and replaced by the next usable one (so batch
+    sizes and the data order stay fixed); with ``strict`` it raises instead.
+    """
+
+    def __init__(
+        self,
+        meta_path: str,
+        processor: Any,
+        config: Any,
+        max_seq_length: int,
+        image_resolution: Optional[int] = None,
+        strict: bool = False,
+        seed: int = 42,
+    ) -> None:
+        self.specs = load_meta(meta_path)
+        self.records = [read_annotation(spec.annotation) for spec in self.specs]
+        self.index = build_index(self.specs, seed)
+        if not self.index:
+            raise ValueError(f"{meta_path}: the datasets hold no records")
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.config = config
+        self.max_seq_length = max_seq_length
+        self.image_resolution = image_resolution
+        self.strict = strict
+        self.stats = DataStats()
+        self._vision_ids = {config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def record_name(self, idx: int) -> str:
+        """``dataset[record]`` naming the idx-th sample's record in messages."""
+        number, record = self.index[idx]
+        return f"{self.specs[number].name}[{record}] ({self.specs[number].annotation})"
+
+    def __getitem__(self, idx: int) -> Dict[str, np.ndarray]:
+        for attempt in range(len(self)):
+            position = (idx + attempt) % len(self)
+            try:
+                sample = self.build(position)
+            except (RecordError, OSError, ValueError, RuntimeError) as err:
+                if self.strict:
+                    raise RecordError(f"bad record {self.record_name(position)}: {err}") from err
+                name = self.record_name(position)
+                if name not in self.stats.skipped:
+                    logger.warning(f"skipping record {name}: {err}")
+                self.stats.skipped[name] = f"{type(err).__name__}: {err}"
+                continue
+            if sample is not None:
+                return sample
+        raise RuntimeError("every record of the dataset was skipped; see the warnings above")
+
+    # ------------------------------------------------------------------ building
+    def build(self, idx: int) -> Optional[Dict[str, np.ndarray]]:
+        """The sample of the idx-th entry, or None when it is too long (counted); raises on a bad record."""
+        number, record_number = self.index[idx]
+        record = self.records[number][record_number]
+        if isinstance(record, Exception):
+            raise record
+        conversation = parse_record(record)
+        root = self.specs[number].data_root
+        sample: Dict[str, np.ndarray] = {}
+        image_tokens: List[int] = []
+        video_tokens: List[int] = []
+        merge = self.image_processor.merge_size ** 2
+        if conversation.images:
+            images = [self._load_image(self._path(root, path)) for path in conversation.images]
+            out = self.image_processor(images=images, return_tensors="np")
+            sample["pixel_values"], sample["image_grid_thw"] = out["pixel_values"], out["image_grid_thw"]
+            image_tokens = (out["image_grid_thw"].prod(axis=1) // merge).tolist()
+        seconds: List[float] = []
+        if conversation.videos:
+            clips = []
+            for path in conversation.videos:
+                frames, fps = self._load_video(self._path(root, path))
+                clips.append(frames)
+                seconds.append(self.image_processor.temporal_patch_size / float(fps))
+            out = self.image_processor(videos=clips, return_tensors="np")
+            sample["pixel_values_videos"], sample["video_grid_thw"] = out["pixel_values_videos"], out["video_grid_thw"]
+            video_tokens = (out["video_grid_thw"].prod(axis=1) // merge).tolist()
+        input_ids, labels = encode_conversation(conversation, self.tokenizer, image_tokens, video_tokens)
+        fitted = fit_length(input_ids, labels, self.max_seq_length, self._vision_ids)
+        name = self.record_name(idx)
+        if fitted is None:
+            if name not in self.stats.too_long:
+                logger.warning(f"dropping record {name}: {len(input_ids)} tokens > --max_seq_length {self.max_seq_length}")
+            self.stats.too_long.add(name)
+            return None
+        if len(fitted[0]) < len(input_ids):
+            self.stats.truncated.add(name)
+        input_ids, labels = fitted
+        sample["input_ids"] = np.asarray(input_ids, dtype=np.int64)
+        sample["labels"] = np.asarray(labels, dtype=np.int64)
+        sample["position_ids"] = self.positions(sample["input_ids"], sample.get("image_grid_thw"),
+                                                sample.get("video_grid_thw"), seconds or None)
+        return sample
+
+    def positions(self, input_ids: np.ndarray, image_grid_thw, video_grid_thw, second_per_grid_ts) -> np.ndarray:
+        """MRoPE position ids ``[3, L]`` of one sample."""
+        config = self.config
+        positions, _ = rope_index(
+            input_ids[None],
+            image_grid_thw,
+            video_grid_thw,
+            second_per_grid_ts,
+            spatial_merge_size=config.vision_config.spatial_merge_size,
+            image_token_id=config.image_token_id,
+            video_token_id=config.video_token_id,
+            vision_start_token_id=config.vision_start_token_id,
+            tokens_per_second=config.vision_config.tokens_per_second,
+        )
+        return positions[:, 0]
+
+    @staticmethod
+    def _path(root: str, path: str) -> str:
+        if "://" in path or path.startswith("data:") or os.path.isabs(path):
+            return path
+        return os.path.join(root, path)
+
+    def _load_image(self, path: str) -> Image.Image:
+        """Decoded image, its longer side scaled down to ``image_resolution`` (then the processor's rounding)."""
+        image = load_image(path)
+        if self.image_resolution and max(image.size) > self.image_resolution:
+            scale = self.image_resolution / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = to_rgb(image).resize(size, resample=Image.BICUBIC)
+        return fetch_image({"image": image, "max_pixels": self.image_processor.max_pixels,
+                            "min_pixels": self.image_processor.min_pixels})
+
+    def _load_video(self, path: str) -> Tuple[np.ndarray, float]:
+        """Sampled frames and their fps; ``image_resolution`` caps each frame at resolution**2 pixels."""
+        item: Dict[str, Any] = {"video": path}
+        if self.image_resolution:
+            item["max_pixels"] = min(VIDEO_MAX_PIXELS, self.image_resolution ** 2)
+        if not os.path.exists(path) and "://" not in path:
+            raise FileNotFoundError(f"no such video file: {path}")
+        return fetch_video(item, return_video_sample_fps=True)

@@ -1,0 +1,99 @@
+"""The paddlenlp Trainer adapted to this model: what is trained, how checkpoints are written
+and read back, and the end-of-training data summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import paddle
+from paddlenlp.peft import LoRAModel
+from paddlenlp.trainer import Trainer, TrainerCallback
+from paddlenlp.trainer.trainer_utils import get_last_checkpoint
+from paddlenlp.transformers.model_utils import unwrap_model
+
+from ..loading import load_weights
+
+__all__ = ["Qwen2_5_VLTrainer", "DataSummaryCallback", "set_trainable", "trainable_parameter_names"]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def set_trainable(model: paddle.nn.Layer, freeze_vit: bool, freeze_llm: bool, tune_mm_mlp: bool, lora: bool = False) -> None:
+    """Choose the trained weights of a (possibly LoRA-wrapped) Qwen2.5-VL.
+
+    ViT blocks and patch embedding: unless ``freeze_vit``. Merger: unless ``freeze_vit``, or
+    with ``tune_mm_mlp``. Language model: unless ``freeze_llm``; with ``lora`` only its adapters.
+    """
+    for name, param in model.named_parameters():
+        name = name[len("model."):] if isinstance(model, LoRAModel) else name
+        if "lora_A" in name or "lora_B" in name:
+            train = not freeze_llm
+        elif name.startswith("visual.merger."):
+            train = not freeze_vit or tune_mm_mlp
+        elif name.startswith("visual."):
+            train = not freeze_vit
+        else:  # embeddings, decoder layers, final norm, untied head
+            train = not (freeze_llm or lora)
+        param.stop_gradient = not train
+
+
+def trainable_parameter_names(model: paddle.nn.Layer) -> List[str]:
+    """Names of the parameters the optimizer will update."""
+    return [name for name, param in model.named_parameters() if not param.stop_gradient]
+
+
+class DataSummaryCallback(TrainerCallback):
+    """Logs the dataset's skipped / dropped / truncated counts when training ends."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        logger.info(self.dataset.stats.summary())
+
+
+class Qwen2_5_VLTrainer(Trainer):
+    """Trainer whose checkpoints are this library's: ``save_pretrained`` safetensors plus the
+    tokenizer and processor files (so the inference scripts load a checkpoint directly), and
+    resumption reads them back with :func:`~paddlemix_qwen25vl.loading.load_weights`.
+    LoRA runs keep paddlenlp's adapter format (``lora_model_state.pdparams``, ``lora_config.json``)."""
+
+    def __init__(self, *args: Any, processor: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.processor = processor
+
+    def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        """The model's loss with the vocabulary projection of supervised positions only
+        (``return_logits=False``): full logits over 151,936 tokens at every position would
+        dominate time and memory when few tokens are labelled. Training never needs a KV cache."""
+        outputs = model(**inputs, use_cache=False, return_logits=False)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if isinstance(self.model, LoRAModel):
+            super()._save(output_dir, state_dict, merge_tensor_parallel)
+        elif self.args.should_save:
+            # Under sharding stage3 Trainer.save_model has gathered every parameter to this
+            # process (get_all_parameters) before calling _save: the full weights are written.
+            os.makedirs(output_dir, exist_ok=True)
+            logger.info(f"Saving model checkpoint to {output_dir}")
+            unwrap_model(self.model).save_pretrained(output_dir)
+            paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save and self.processor is not None:
+            self.processor.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None) -> None:
+        if isinstance(self.model, LoRAModel) or not resume_from_checkpoint:
+            return super()._load_from_checkpoint(resume_from_checkpoint)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint-* folder in {self.args.output_dir} to resume from")
+        logger.info(f"Loading model from {resume_from_checkpoint}")
+        model = unwrap_model(self.model)
+        load_weights(model, resume_from_checkpoint, ignore_keys=("lm_head.weight",) if model.config.tie_word_embeddings else ())

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Qwen2.5-VL 3B-Instruct lora fine-tuning, global batch 32. See shell/baseline_common.sh for the overridable variables.
+MODE=lora
+GPUS=${GPUS:-1}
+SHARDING=${SHARDING-}
+MODEL=${MODEL:-Qwen/Qwen2.5-VL-3B-Instruct}
+LR=${LR:-1e-4}
+source "$(dirname "$0")/baseline_common.sh" "$@"
