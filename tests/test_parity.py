@@ -37,8 +37,11 @@ def make_inputs(rows, seed=0):
         video_grids += [g for kind, g in items if kind == "video"]
         seconds += row_seconds
     ids, mask = left_pad(id_rows, TOKENS["pad_token_id"])
-    labels = np.where(mask == 1, ids, -100)
-    labels[:, : ids.shape[1] // 3] = -100  # a partly supervised sequence
+    # Partly supervised: each row's first real tokens are not, so that no label is predicted
+    # from a padded position (whose logits carry no meaning in any implementation).
+    first_real = np.argmax(mask == 1, axis=1)[:, None]
+    supervised = (mask == 1) & (np.arange(ids.shape[1])[None] >= first_real + 3)
+    labels = np.where(supervised, ids, -100)
     inputs = dict(input_ids=ids, attention_mask=mask, labels=labels)
     if image_grids:
         inputs.update(pixel_values=pixels_for(rng, image_grids), image_grid_thw=np.array(image_grids, dtype=np.int64))

@@ -32,13 +32,17 @@ def reference_grads(ref_model, inputs):
     return out.loss.item(), {ours: params[theirs].grad.numpy() for ours, theirs, _ in CHECKED}
 
 
-@pytest.mark.parametrize("recompute", [False, True], ids=["plain", "recompute"])
-def test_gradients_match_reference(reference_checkpoint, recompute):
+@pytest.mark.parametrize(
+    "recompute,implementation",
+    [(False, "sdpa"), (True, "sdpa"), (False, "flash_attention_2"), (True, "flash_attention_2")],
+    ids=["plain", "recompute", "flash_op", "flash_op_recompute"],
+)
+def test_gradients_match_reference(reference_checkpoint, recompute, implementation):
     ref_model, path = reference_checkpoint
     inputs = make_inputs(ROWS, seed=5)
     ref_loss, ref_grads = reference_grads(ref_model, inputs)
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation=implementation)
     model.train()
     model.set_recompute(vision=recompute, decoder=recompute)
     out = model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}, use_cache=False)

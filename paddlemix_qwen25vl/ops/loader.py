@@ -1,0 +1,102 @@
+"""Finding the compiled custom operators: the installed module, or a JIT build.
+
+Two ways to get the ops:
+
+* ``pip install --no-build-isolation ./external_ops`` (or ``python setup.py install``
+  inside ``external_ops/``) installs the module ``paddlemix_qwen25vl_ops``; it is
+  imported on first use.
+* :func:`build_ops` compiles the same sources just in time with
+  ``paddle.utils.cpp_extension.load`` into ``~/.cache/paddlemix_qwen25vl/ops`` (paddle
+  reuses the build while sources and flags are unchanged). It needs this repository's
+  ``external_ops/`` folder next to the package.
+
+Without either, callers use the pure-paddle fallback; :func:`warn_fallback_once` logs
+that once per process.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+MODULE_NAME = "paddlemix_qwen25vl_ops"
+BUILD_DIR = Path.home() / ".cache" / "paddlemix_qwen25vl" / "ops"
+EXTERNAL_OPS_DIR = Path(__file__).resolve().parents[2] / "external_ops"
+
+# None until the first lookup; then the loaded module, or False if there is none.
+_ops: ModuleType | bool | None = None
+_warned = False
+
+
+def get_ops() -> ModuleType | None:
+    """The loaded operator module, importing the installed one on first call."""
+    global _ops
+    if _ops is None:
+        try:
+            _ops = importlib.import_module(MODULE_NAME)
+        except ImportError:
+            _ops = False
+    return _ops or None
+
+
+def has_flash_attn_op() -> bool:
+    """Whether the compiled ``flash_attn_varlen`` operator is available in this process."""
+    return get_ops() is not None
+
+
+def _load_build_config() -> ModuleType:
+    config_path = EXTERNAL_OPS_DIR / "build_config.py"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: build_ops() compiles the sources of a source checkout; "
+            "with an installed package, install the ops with "
+            "`pip install --no-build-isolation ./external_ops` instead"
+        )
+    spec = importlib.util.spec_from_file_location("paddlemix_qwen25vl_ops_build_config", config_path)
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    return config
+
+
+def build_ops(verbose: bool = False) -> ModuleType:
+    """Compile (or reuse the cached build of) the custom operators and load them.
+
+    Takes about a minute on two cores the first time; later calls with unchanged sources
+    reuse ``~/.cache/paddlemix_qwen25vl/ops``. Returns the already loaded module if the
+    ops are installed or were built before in this process (paddle cannot register the
+    same operator twice).
+    """
+    global _ops
+    existing = get_ops()
+    if existing is not None:
+        return existing
+    from paddle.utils.cpp_extension import load
+
+    config = _load_build_config()
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    _ops = load(
+        name=MODULE_NAME,
+        sources=config.sources(),
+        extra_cxx_cflags=config.cxx_flags(),
+        extra_cuda_cflags=config.NVCC_FLAGS,
+        extra_ldflags=config.LD_FLAGS,
+        build_directory=str(BUILD_DIR),
+        verbose=verbose,
+    )
+    return _ops
+
+
+def warn_fallback_once() -> None:
+    """Log, once per process, that attention runs on the slower pure-paddle fallback."""
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "paddlemix_qwen25vl custom ops are not built: varlen attention uses the slower "
+            "pure-paddle fallback (per-segment matmul/softmax). Build them with "
+            "`pip install --no-build-isolation ./external_ops` or paddlemix_qwen25vl.ops.build_ops()."
+        )
