@@ -12,7 +12,7 @@ from PIL import Image
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from paddlemix_qwen25vl.demo import DEMO_VIDEO, demo_checkpoint
-from paddlemix_qwen25vl.training.demo_model import demo_model_config
+from paddlemix_qwen25vl.demo import demo_config
 
 PROCESSOR_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "preprocessor_config.json")
@@ -20,7 +20,7 @@ PROCESSOR_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special
 
 def tiny_config():
     """The demo architecture shrunk further: 2 vision blocks, 2 decoder layers of width 32."""
-    config = demo_model_config()
+    config = demo_config()
     config.num_hidden_layers, config.hidden_size, config.intermediate_size = 2, 32, 64
     config.rope_scaling = {"type": "mrope", "mrope_section": [2, 3, 3]}
     vision = config.vision_config

@@ -5,9 +5,8 @@
     python -m paddlemix_qwen25vl.training.demo_model export --model_path DIR --output_dir examples/assets/demo_weights
 
 ``examples/train_demo_model.sh`` chains them with the synthetic dataset and the fine-tuning
-script. The model is a narrow variant of :func:`paddlemix_qwen25vl.demo.demo_config` (decoder
-hidden size 64) so that its float16 weights, dominated by the real 151,936-token vocabulary,
-stay small enough to ship in the repository.
+script. The architecture is :func:`paddlemix_qwen25vl.demo.demo_config`; its float16 weights,
+dominated by the real 151,936-token vocabulary, are small enough to ship in the repository.
 """
 
 from __future__ import annotations
@@ -22,31 +21,20 @@ import paddle
 from tqdm.auto import tqdm
 
 from ..checkpoint_io import tensor_to_numpy, write_safetensors
-from ..configuration import Qwen2_5_VLConfig
 from ..demo import build_demo_checkpoint, demo_config
 from ..loading import PADDLE_METADATA, SAFE_SINGLE
 from ..modeling import Qwen2_5_VLForConditionalGeneration
 from ..processing import Qwen2_5_VLProcessor, fetch_image
 from .data import read_annotation
 
-__all__ = ["demo_model_config", "init_checkpoint", "evaluate", "export_float16"]
-
-
-def demo_model_config() -> Qwen2_5_VLConfig:
-    """:func:`demo_config` with a 64-wide decoder (2 heads of 32, mrope [4, 6, 6])."""
-    config = demo_config()
-    config.hidden_size, config.intermediate_size = 64, 256
-    config.num_attention_heads, config.num_key_value_heads = 2, 1
-    config.rope_scaling = {"type": "mrope", "mrope_section": [4, 6, 6]}
-    config.vision_config.out_hidden_size = 64
-    return config
+__all__ = ["init_checkpoint", "evaluate", "export_float16"]
 
 
 def init_checkpoint(output_dir: str, seed: int = 0) -> str:
     """A randomly initialised demo model with the demo tokenizer and processor files."""
     build_demo_checkpoint(output_dir)  # tokenizer, processor and generation config
     paddle.seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(demo_model_config())
+    model = Qwen2_5_VLForConditionalGeneration(demo_config())
     model.generation_config.eos_token_id = [151645, 151643]
     model.generation_config.pad_token_id = 151643
     model.save_pretrained(output_dir)
