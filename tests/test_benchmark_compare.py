@@ -1,0 +1,159 @@
+"""The comparison harness (benchmarks/compare.py): FLOP/byte counting, the report writer, the
+vision-memory check, the streamed checkpoint writer and a smoke run of this library's worker."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_compare", REPO / "benchmarks" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare)
+
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
+    reason="building benchmark checkpoints needs torch and transformers (requirements-test.txt)",
+)
+
+
+def test_quick_config_shapes():
+    config = compare.bench_config("quick")
+    assert config["num_hidden_layers"] == 4 and config["vocab_size"] == 151936 and config["tie_word_embeddings"]
+    assert config["vision_config"]["depth"] == 8 and config["vision_config"]["fullatt_block_indexes"] == [3, 7]
+    assert compare.bench_config("full")["num_hidden_layers"] == 36
+
+
+def test_window_lengths_follow_the_reference_partition():
+    vision = compare.bench_config("quick")["vision_config"]
+    # 672 px: 48x48 patches = 24x24 merged tokens = 6x6 windows of 4x4 merged tokens (64 patches)
+    assert compare.vision_window_lengths((1, 48, 48), vision) == [64] * 36
+    # 20x28 patches: 10x14 merged tokens -> rows of 4, 4, 2 and columns of 4, 4, 4, 2; two frames
+    rows, cols = [4, 4, 2], [4, 4, 4, 2]
+    expected = [4 * r * c for r in rows for c in cols] * 2
+    assert compare.vision_window_lengths((2, 20, 28), vision) == expected
+    assert sum(expected) == 2 * 20 * 28
+
+
+def test_prefill_flops_of_the_quick_model():
+    config = compare.bench_config("quick")
+    flops = compare.prefill_flops([(1, 48, 48)], prompt_tokens=600, config=config)
+    patches, d, inter = 2304, 1280, 3420
+    vision = (
+        2 * 1176 * d * patches  # patch embedding (3 x 2 x 14 x 14 inputs)
+        + 8 * 2 * (d * 3 * d + d * d + 3 * d * inter) * patches  # qkv, proj, gate/up/down
+        + 4 * d * (6 * 36 * 64**2 + 2 * patches**2)  # 6 window blocks, 2 full blocks
+        + 576 * 2 * (4 * d * 4 * d + 4 * d * 2048)  # merger
+    )
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008
+    assert flops["vision"] == vision
+    assert flops["decoder_linear"] == 2 * layer * 600 * 4
+    assert flops["decoder_attention"] == 2 * 2048 * 600 * 601 * 4
+    assert flops["lm_head_last_token"] == 2 * 2048 * 151936  # one position only
+    assert flops["total"] == pytest.approx(sum(v for k, v in flops.items() if k != "total"))
+
+
+def test_decode_bytes_of_the_quick_model():
+    config = compare.bench_config("quick")
+    nbytes = compare.decode_bytes_per_token(config, context=100)
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008 + (2048 + 512) + 2 * 2048
+    assert nbytes["decoder_weights"] == 4 * (4 * layer + 2048)
+    assert nbytes["lm_head"] == 4 * 2048 * 151936
+    assert nbytes["kv_cache"] == 4 * 4 * 2 * 256 * 100
+    assert nbytes["total"] == sum(v for k, v in nbytes.items() if k != "total")
+
+
+def test_vision_memory_linearity():
+    linear = [{"patches": n, "extra_peak_mib": 10 + 0.1 * n} for n in (576, 2304, 5184)]
+    quadratic = [{"patches": n, "extra_peak_mib": 10 + 1e-4 * n * n} for n in (576, 2304, 5184)]
+    assert compare.vision_memory_linearity(linear)[0] == "PASS"
+    verdict, growth = compare.vision_memory_linearity(quadratic)
+    assert verdict == "FAIL" and growth == pytest.approx((5184 + 2304) / (2304 + 576))
+    assert compare.vision_memory_linearity(linear[:2]) == ("n/a", None)
+
+
+def _row(impl, label, prefill_s, decode_tok_s):
+    return {"impl": impl, "label": label, "media": "image", "preprocess_s": 0.1, "vision_s": 1.0,
+            "prefill_s": prefill_s, "generate_s": prefill_s + 31 / decode_tok_s, "decode_tok_s": decode_tok_s,
+            "prompt_tokens": 600, "grids": [[1, 48, 48]], "new_tokens": 32, "tokens": [1, 2, 3],
+            "peak_rss_mib": 4096.0}
+
+
+def test_summary_targets_and_reports(tmp_path):
+    results = {
+        "config_name": "quick", "config": compare.bench_config("quick"), "threads": 2, "repeats": 3,
+        "new_tokens": 32, "notes": ["a note"],
+        "machine": {"bandwidth_gb_s": {"numpy": 10.0, "paddle": 12.0}, "gemm_gflop_s": 200.0, "gemm_n": 4096},
+        "rows": [
+            _row("paddlemix", "paddlemix", 3.0, 4.0),
+            _row("transformers", "transformers-sdpa", 5.0, 3.0),
+            _row("transformers", "transformers-eager", 6.0, 2.0),
+            _row("paddleformers", "paddleformers", 2.0, 5.0),
+            {"impl": "paddleformers", "label": "paddleformers", "media": "video", "error": "exit code 1: boom"},
+        ],
+        "vision_memory": {"paddlemix": [{"patches": n, "extra_peak_mib": 0.1 * n} for n in (576, 2304, 5184)]},
+    }
+    compare.summarize(results)
+    targets = {t["target"]: t for t in results["targets"] if t["media"] == "image"}
+    assert {t["verdict"] for t in results["targets"] if t["media"] == "video"} == {"n/a"}  # only an error row
+    assert targets["prefill_vs_transformers"]["value"] == pytest.approx(3.0 / 5.0)  # vs the fastest (sdpa)
+    assert targets["prefill_vs_transformers"]["verdict"] == "PASS"
+    assert targets["decode_vs_transformers"]["value"] == pytest.approx(4.0 / 3.0)
+    assert targets["prefill_vs_paddleformers"]["verdict"] == "FAIL"
+    assert targets["decode_vs_paddleformers"]["verdict"] == "FAIL"
+    assert targets["vision_memory_linear"]["verdict"] == "PASS"
+    ours = results["rows"][0]
+    total_flops = compare.prefill_flops([[1, 48, 48]], 600, results["config"])["total"]
+    assert ours["prefill_frac_gemm"] == pytest.approx(total_flops / 3.0 / 1e9 / 200.0)
+    bound = 12e9 / compare.decode_bytes_per_token(results["config"], 600 + 16)["total"]  # best bandwidth
+    assert ours["decode_frac_bound"] == pytest.approx(4.0 / bound)
+    assert ours["tokens_agree_with_transformers"] == 3
+
+    paths = compare.write_reports(results, tmp_path / "compare")
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"]
+    assert json.loads(paths[0].read_text())["targets"]
+    table = paths[1].read_text()
+    assert "transformers-sdpa (fastest)" in table and "PASS" in table and "FAIL" in table
+    assert "error: exit code 1: boom" in table and "a note" in table
+
+
+@needs_transformers
+def test_streamed_checkpoint_matches_save_pretrained(tmp_path):
+    from safetensors import safe_open
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(**compare.bench_config("tiny"))
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(str(tmp_path / "saved"))
+    (tmp_path / "streamed").mkdir()
+    compare._save_streamed(config, tmp_path / "streamed", shard_bytes=20 << 20)  # several shards
+
+    def shapes(path):
+        out = {}
+        for file in path.glob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                out.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        return out
+
+    streamed = shapes(tmp_path / "streamed")
+    assert streamed == shapes(tmp_path / "saved")
+    assert len(list((tmp_path / "streamed").glob("*.safetensors"))) > 1
+    index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(streamed)
+
+
+@needs_transformers
+def test_paddlemix_worker_smoke_run(tmp_path):
+    checkpoint = compare.build_checkpoint("tiny", tmp_path / "tiny", streamed=False)
+    assert (checkpoint / "chat_template.json").exists()
+    spec = {"task": "timing", "impl": "paddlemix", "checkpoint": str(checkpoint), "threads": 1, "repeats": 1,
+            "new_tokens": 3, "media": "image", "image_size": 56, "video_frames": 2, "video_size": 56}
+    result = compare.run_worker(spec)
+    assert "error" not in result, result.get("error")
+    assert result["grids"] == [[1, 4, 4]] and len(result["tokens"]) == 3
+    assert result["prefill_s"] > 0 and result["peak_rss_mib"] > 0
+    # in this process (one interpreter start less); the thread count it sets is the default one
+    from paddlemix_qwen25vl.runtime import default_num_threads
+
+    memory = compare.run_vision_memory({**spec, "threads": default_num_threads()})
+    assert memory["patches"] == 16 and memory["extra_peak_mib"] >= 0
