@@ -25,7 +25,7 @@ DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
 DEMO_IMAGE_2 = os.path.join(DEMO_ASSETS, "demo_image2.png")
 DEMO_VIDEO = os.path.join(DEMO_ASSETS, "demo_video.mp4")
 SHIPPED_WEIGHTS = os.path.join(DEMO_ASSETS, "demo_weights")
-DEMO_VERSION = "v2"
+DEMO_VERSION = "v3"
 # Small enough to run in seconds on a CPU; the processor keeps images small too.
 DEMO_MAX_PIXELS = 448 * 448
 
@@ -49,7 +49,7 @@ def demo_config() -> Qwen2_5_VLConfig:
         intermediate_size=256,
         num_hidden_layers=4,
         num_attention_heads=2,
-        num_key_value_heads=1,
+        num_key_value_heads=2,  # divisible by 2: the tensor-parallel scripts run the demo with mp_degree 2
         max_position_embeddings=32768,
         tie_word_embeddings=True,
         rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
