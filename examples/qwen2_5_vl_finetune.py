@@ -40,7 +40,10 @@ def build_model(model_args: ModelArguments, training_args: FinetuneTrainingArgum
     """The model to train (LoRA-wrapped with --lora), with the chosen weights trainable."""
     dtype = "bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else "float32"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
+        model_args.model_name_or_path,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        mp_degree=training_args.tensor_parallel_degree,  # > 1 only on GPUs (checked with the arguments)
     )
     model.config.use_cache = False
     if training_args.recompute:

@@ -3,6 +3,7 @@
 import glob
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +34,12 @@ def test_script_trains_on_cpu(name, tiny_checkpoint, meta_path, tmp_path):
         assert os.path.exists(os.path.join(out, "lora_model_state.pdparams"))
     else:  # the final model (stage3 included) is a checkpoint from_pretrained loads
         Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+
+
+def test_tensor_parallel_training_needs_gpus_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "qwen2_5_vl_finetune.py"), "--meta_path", "x.json",
+         "--output_dir", str(tmp_path), "--tensor_parallel_degree", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "tensor_parallel_degree=2 needs GPUs" in result.stderr

@@ -10,6 +10,8 @@ from typing import Optional
 import paddle
 from paddlenlp.trainer import TrainingArguments
 
+from ..distributed.context import check_tensor_parallel_supported
+
 __all__ = ["ModelArguments", "DataArguments", "FinetuneTrainingArguments", "DEFAULT_LORA_TARGETS", "has_gpu"]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class FinetuneTrainingArguments(TrainingArguments):
             if self.bf16 or self.fp16:
                 logger.warning("NOTICE: no GPU found: --bf16/--fp16 have no CPU matmul kernels; training in float32")
                 self.bf16 = self.fp16 = False
+        # Before paddlenlp's set-up, which would otherwise fail deep inside fleet on CPU.
+        check_tensor_parallel_supported(self.tensor_parallel_degree)
         if self.unified_checkpoint:
             raise ValueError("--unified_checkpoint is not supported: checkpoints are written as safetensors by this library")
         if self.load_best_model_at_end:
