@@ -43,7 +43,7 @@ def build_model(model_args: ModelArguments, training_args: FinetuneTrainingArgum
         model_args.model_name_or_path,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
-        mp_degree=training_args.tensor_parallel_degree,  # > 1 only on GPUs (checked with the arguments)
+        mp_degree=max(training_args.tensor_parallel_degree, 1),  # paddlenlp's "off" is -1; > 1 only on GPUs
     )
     model.config.use_cache = False
     if training_args.recompute:

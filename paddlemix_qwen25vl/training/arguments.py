@@ -71,7 +71,7 @@ class FinetuneTrainingArguments(TrainingArguments):
                 logger.warning("NOTICE: no GPU found: --bf16/--fp16 have no CPU matmul kernels; training in float32")
                 self.bf16 = self.fp16 = False
         # Before paddlenlp's set-up, which would otherwise fail deep inside fleet on CPU.
-        check_tensor_parallel_supported(self.tensor_parallel_degree)
+        check_tensor_parallel_supported(max(self.tensor_parallel_degree, 1))  # paddlenlp's "off" is -1
         if self.unified_checkpoint:
             raise ValueError("--unified_checkpoint is not supported: checkpoints are written as safetensors by this library")
         if self.load_best_model_at_end:
