@@ -91,11 +91,6 @@ def answer(
     texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
     images, videos, video_kwargs = process_vision_info([m for c in conversations for m in c], return_video_kwargs=True)
     inputs = processor(text=texts, images=images, videos=videos, fps=video_kwargs.get("fps"), return_tensors="pd")
-    if inputs["input_ids"].shape[1] + args.max_new_tokens > model.config.max_position_embeddings:
-        raise SystemExit(
-            f"the prompt has {inputs['input_ids'].shape[1]} tokens; with --max_new_tokens {args.max_new_tokens} it "
-            f"exceeds the model's {model.config.max_position_embeddings} positions"
-        )
     streamer = None
     if args.stream:
         if len(conversations) != 1:
@@ -110,7 +105,10 @@ def answer(
         top_p=args.top_p,
         streamer=streamer,
     )
-    new_tokens, _ = model.generate(**inputs, **options)
+    try:
+        new_tokens, _ = model.generate(**inputs, **options)
+    except ValueError as err:  # bad settings (e.g. too many new tokens): the message, not a traceback
+        raise SystemExit(str(err)) from None
     outputs = processor.batch_decode(new_tokens.numpy().tolist(), skip_special_tokens=True)
     print("output_text:\n", outputs if len(outputs) > 1 else outputs[0])
     if args.benchmark:

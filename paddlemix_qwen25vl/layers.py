@@ -11,7 +11,8 @@ from .distributed.layers import ColumnParallelLinear, RowParallelLinear
 
 __all__ = ["RMSNorm", "SwiGLUMLP", "ACT2FN"]
 
-ACT2FN = {"silu": F.silu, "gelu": F.gelu, "quick_gelu": lambda x: x * F.sigmoid(1.702 * x)}
+# Every released Qwen2.5-VL uses SiLU in both towers (the merger's GELU is its own layer).
+ACT2FN = {"silu": F.silu}
 
 
 class RMSNorm(nn.Layer):

@@ -59,7 +59,7 @@ def test_grounding_script_saves_picture(demo_env, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--dtype", "float8"], "--dtype 'float8' is not one of"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--max_new_tokens", "40000"], "exceeds the model's 32768 positions"),
+    (["--max_new_tokens", "40000"], "exceeds the model's maximum of 32768 positions"),
     (["--image_file", "/no/such/image.png"], "/no/such/image.png"),
 ])
 def test_script_errors_are_clear(demo_env, args, message):
