@@ -42,9 +42,13 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
+def _on_gpu(x: paddle.Tensor) -> bool:
+    return "gpu" in str(x.place).lower()
+
+
 def _paddle_flash_available(q: paddle.Tensor) -> bool:
     """Paddle's own flash kernels: CUDA builds on Ampere (sm80) or newer, fp16/bf16 only."""
-    if not (paddle.is_compiled_with_cuda() and "gpu" in str(q.place).lower()):
+    if not (paddle.is_compiled_with_cuda() and _on_gpu(q)):
         return False
     if q.dtype not in (paddle.float16, paddle.bfloat16):
         return False
@@ -126,18 +130,28 @@ def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndar
     return concat(rows_q), concat(rows_k), np.asarray(cu_q), np.asarray(cu_k)
 
 
-def _eager(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: Optional[paddle.Tensor], scale: float) -> paddle.Tensor:
-    """Reference math on [B, L, H, D]; kv heads are repeated for grouped-query attention."""
-    groups = q.shape[2] // k.shape[2]
-    if groups > 1:
-        k = paddle.repeat_interleave(k, groups, axis=2)
-        v = paddle.repeat_interleave(v, groups, axis=2)
-    q, k, v = (x.transpose([0, 2, 1, 3]) for x in (q, k, v))  # [B, H, L, D]
-    scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, H, Lq, Lk]
-    if mask is not None:
-        scores = scores + mask
+def _grouped_math(
+    q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: Optional[paddle.Tensor], scale: float
+) -> paddle.Tensor:
+    """softmax(q k^T * scale + mask) v on [B, L, H, D], softmax in float32 (the reference's eager math).
+
+    Query head h uses kv head h // groups (the reference's repeat_kv). Instead of copying each kv
+    head ``groups`` times, the queries of a group are stacked as rows against their one kv head.
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    groups = heads // kv_heads
+    q = q.reshape([batch, q_len, kv_heads, groups, head_dim]).transpose([0, 2, 3, 1, 4])
+    q = q.reshape([batch, kv_heads, groups * q_len, head_dim])  # rows: (group, query)
+    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, KVH, Lk, D]
+    scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, KVH, G * Lq, Lk]
+    if mask is not None:  # [B or 1, 1, Lq, Lk]: the same for every head
+        key_len = scores.shape[-1]
+        scores = scores.reshape([batch, kv_heads, groups, q_len, key_len]) + mask.unsqueeze(2)
+        scores = scores.reshape([batch, kv_heads, groups * q_len, key_len])
     probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
-    return paddle.matmul(probs, v).transpose([0, 2, 1, 3])  # [B, Lq, H, D]
+    out = paddle.matmul(probs, v).reshape([batch, kv_heads, groups, q_len, head_dim])
+    return out.transpose([0, 3, 1, 2, 4]).reshape([batch, q_len, heads, head_dim])
 
 
 def dense_attention(
@@ -150,21 +164,24 @@ def dense_attention(
 ) -> paddle.Tensor:
     """Attention over padded batches: q ``[B, Lq, H, D]``, k/v ``[B, Lk, KVH, D]`` -> ``[B, Lq, H, D]``.
 
-    ``mask`` is additive and broadcastable to ``[B, H, Lq, Lk]``. ``flash_attention_2`` is
-    handled by the caller through :func:`varlen_attention` (it needs unpadded tokens).
+    ``mask`` is additive, ``[B or 1, 1, Lq, Lk]``. ``flash_attention_2`` is handled by the caller
+    through :func:`varlen_attention` (it needs unpadded tokens). Off the GPU, ``sdpa`` with
+    grouped-query heads runs the grouped math too: Paddle's CPU backend copies every kv head
+    ``groups`` times first, which made each decode step 20x slower than the attention itself.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if implementation == "eager":
-        return _eager(q, k, v, mask, scale)
+    if implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not _on_gpu(q)):
+        return _grouped_math(q, k, v, mask, scale)
     if implementation == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, training=False)
     raise ValueError(f"dense_attention does not run {implementation!r}")
 
 
 def _bottom_right_causal(len_q: int, len_k: int, dtype: str) -> paddle.Tensor:
-    """Additive causal mask aligning the last query with the last key (flash-attn convention)."""
+    """Additive causal mask ``[1, 1, Lq, Lk]`` aligning the last query with the last key (flash-attn convention)."""
     allowed = np.arange(len_k)[None, :] <= np.arange(len_q)[:, None] + (len_k - len_q)
-    return paddle.to_tensor(np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)).astype(dtype)
+    mask = np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
+    return paddle.to_tensor(mask).astype(dtype)
 
 
 def varlen_attention(
