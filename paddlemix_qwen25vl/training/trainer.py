@@ -66,6 +66,22 @@ class Qwen2_5_VLTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.processor = processor
 
+    def _get_train_sampler(self) -> Optional[paddle.io.Sampler]:
+        """One process: the multi-device sampler with one replica. paddlenlp's single-process
+        ``BatchSampler`` shuffles from the global RNG, so a resumed run (which skips the trained
+        epochs without drawing their permutations) saw other samples than the uninterrupted
+        run; this one shuffles epoch ``e`` with ``RandomState(e)`` and the trainer sets ``e``."""
+        if self.args.world_size > 1 or self.train_dataset is None:
+            return super()._get_train_sampler()
+        return paddle.io.DistributedBatchSampler(
+            self.train_dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            num_replicas=1,
+            rank=0,
+            shuffle=True,
+            drop_last=self.args.dataloader_drop_last,
+        )
+
     def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
         """The model's loss with the vocabulary projection of supervised positions only
         (``return_logits=False``): full logits over 151,936 tokens at every position would
