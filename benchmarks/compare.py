@@ -44,6 +44,7 @@ CHECKPOINT_VERSION = "v1"
 RESULT_MARKER = "BENCH_RESULT "
 IMPLS = ("paddlemix", "transformers", "paddleformers")
 HF_ATTNS = ("sdpa", "eager")
+PM_ATTNS = ("sdpa", "flash_attention_2")  # flash_attention_2 on CPU: the operator of external_ops/
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 # The chat template's rendering of one user turn, written out so that every implementation
@@ -331,7 +332,13 @@ class _PaddleMix(_Impl):
 
         set_num_threads(self.spec["threads"])
         self.paddle = paddle
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"])
+        attn = self.spec.get("attn", "sdpa")
+        if attn == "flash_attention_2":
+            from paddlemix_qwen25vl.ops import build_ops, has_flash_attn_op
+
+            if not has_flash_attn_op():
+                build_ops()  # compiled once into the user cache, then loaded
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], attn_implementation=attn)
         self.model.eval()
         self.processor = Qwen2_5_VLProcessor.from_pretrained(self.spec["checkpoint"])
 
@@ -601,13 +608,13 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     targets = []
     for media in sorted({r["media"] for r in results["rows"]}):
         rows = [r for r in results["rows"] if r["media"] == media and "prefill_s" in r]
-        ours = next((r for r in rows if r["impl"] == "paddlemix"), None)
+        # each library with its fastest attention on this input
+        ours_rows = [r for r in rows if r["impl"] == "paddlemix"]
         hf = [r for r in rows if r["impl"] == "transformers"]
-        # compare against transformers' fastest attention on this input
-        hf_best = fastest(hf)
+        ours, hf_best = fastest(ours_rows), fastest(hf)
         pf = next((r for r in rows if r["impl"] == "paddleformers"), None)
-        for row in hf:  # summarize runs again after every new row: the fastest may change
-            row["fastest_transformers"] = row is hf_best
+        for row in ours_rows + hf:  # summarize runs again after every new row: the fastest may change
+            row["fastest"] = row is ours or row is hf_best
         if hf_best:
             for row in rows:  # how far greedy decoding agrees: a check that weights load alike
                 row["tokens_agree_with_transformers"] = _common_prefix(row["tokens"], hf_best["tokens"])
@@ -630,13 +637,14 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
                 verdict = "PASS" if (value < threshold if strict else value <= threshold) else "FAIL"
             targets.append({"media": media, "target": key, "description": text, "value": value,
                             "threshold": threshold, "higher_is_better": higher, "verdict": verdict,
+                            "ours": ours and ours["label"],
                             "baseline": hf_best["label"] if hf_best and "transformers" in key else None})
     for label, points in results.get("vision_memory", {}).items():
         verdict, growth = vision_memory_linearity(points)
         targets.append({"media": "image", "target": "vision_memory_linear", "description":
                         f"vision peak memory linear in patches ({label}): slope growth", "value": growth,
                         "threshold": LINEAR_SLOPE_TOLERANCE, "higher_is_better": False,
-                        "verdict": verdict if label == "paddlemix" else f"({verdict})", "baseline": None})
+                        "verdict": verdict if label.startswith("paddlemix") else f"({verdict})", "baseline": None})
     results["targets"] = targets
     return results
 
@@ -679,7 +687,7 @@ def markdown_report(results: Dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
-        label = r["label"] + (" (fastest)" if r.get("fastest_transformers") else "")
+        label = r["label"] + (" (fastest)" if r.get("fastest") else "")
         if "error" in r:
             lines.append(f"| {r['media']} | {label} | error: {r['error'].splitlines()[-1][:120] if r['error'] else ''} "
                          "||||||||||")
@@ -696,7 +704,7 @@ def markdown_report(results: Dict[str, Any]) -> str:
         sign = ">=" if t["higher_is_better"] else "<="
         if t["target"].endswith("paddleformers"):
             sign = sign[0]
-        base = f" (vs {t['baseline']})" if t.get("baseline") else ""
+        base = f" ({t['ours']} vs {t['baseline']})" if t.get("baseline") else (f" ({t['ours']})" if t.get("ours") else "")
         lines.append(f"| {t['media']} | {t['description']}{base} | {_fmt(t['value'])} | {sign} {t['threshold']} "
                      f"| {t['verdict']} |")
     if results.get("vision_memory"):
@@ -788,6 +796,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--hf_attn", nargs="+", choices=HF_ATTNS, default=list(HF_ATTNS),
                    help="transformers attention implementations to run; the fastest is the baseline")
+    p.add_argument("--pm_attn", nargs="+", choices=PM_ATTNS, default=list(PM_ATTNS),
+                   help="this library's attention implementations to run; the fastest is measured against the targets")
     p.add_argument("--image_size", type=int, default=672)
     p.add_argument("--video_frames", type=int, default=16)
     p.add_argument("--video_size", type=int, default=336)
@@ -825,7 +835,7 @@ def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> L
                 continue
             impls.append({"impl": impl, "label": "paddleformers", "python": python})
         else:
-            impls.append({"impl": impl, "label": impl})
+            impls += [{"impl": impl, "attn": a, "label": f"paddlemix-{a}"} for a in args.pm_attn]
     return [{**base, **i, "media": m} for m in args.media for i in impls]
 
 
@@ -873,13 +883,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result = step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
         results["rows"].append({k: spec[k] for k in ("impl", "label", "media")} | result)
         snapshot()
-    # the vision-memory check uses transformers' fastest attention on the first input
-    hf_best = fastest([r for r in results["rows"] if r["impl"] == "transformers" and "prefill_s" in r])
-    hf_attn = hf_best["label"].split("-", 1)[1] if hf_best else args.hf_attn[0]
+    # the vision-memory check uses each library's fastest attention on the first input
     for impl in memory_impls:
-        label = impl if impl != "transformers" else f"transformers-{hf_attn}"
+        best = fastest([r for r in results["rows"] if r["impl"] == impl and "prefill_s" in r])
+        attn = best["label"].split("-", 1)[1] if best else (args.hf_attn if impl == "transformers" else args.pm_attn)[0]
+        label = f"{impl}-{attn}"
         for size in args.memory_sizes:
-            spec = {"task": "vision_memory", "impl": impl, "attn": hf_attn, "checkpoint": str(checkpoint),
+            spec = {"task": "vision_memory", "impl": impl, "attn": attn, "checkpoint": str(checkpoint),
                     "threads": args.threads, "image_size": size}
             point = step(f"vision memory {label} {size}px", spec)
             results["vision_memory"].setdefault(label, []).append({"image_size": size} | point)

@@ -86,24 +86,26 @@ def test_summary_targets_and_reports(tmp_path):
         "new_tokens": 32, "notes": ["a note"],
         "machine": {"bandwidth_gb_s": {"numpy": 10.0, "paddle": 12.0}, "gemm_gflop_s": 200.0, "gemm_n": 4096},
         "rows": [
-            _row("paddlemix", "paddlemix", 3.0, 4.0),
+            _row("paddlemix", "paddlemix-sdpa", 3.5, 3.5),
+            _row("paddlemix", "paddlemix-flash_attention_2", 3.0, 4.0),
             _row("transformers", "transformers-sdpa", 5.0, 3.0),
             _row("transformers", "transformers-eager", 6.0, 2.0),
             _row("paddleformers", "paddleformers", 2.0, 5.0),
             {"impl": "paddleformers", "label": "paddleformers", "media": "video", "error": "exit code 1: boom"},
         ],
-        "vision_memory": {"paddlemix": [{"patches": n, "extra_peak_mib": 0.1 * n} for n in (576, 2304, 5184)]},
+        "vision_memory": {"paddlemix-flash_attention_2": [{"patches": n, "extra_peak_mib": 0.1 * n} for n in (576, 2304, 5184)]},
     }
     compare.summarize(results)
     targets = {t["target"]: t for t in results["targets"] if t["media"] == "image"}
     assert {t["verdict"] for t in results["targets"] if t["media"] == "video"} == {"n/a"}  # only an error row
-    assert targets["prefill_vs_transformers"]["value"] == pytest.approx(3.0 / 5.0)  # vs the fastest (sdpa)
+    # each library's fastest attention: ours flash_attention_2, transformers' sdpa
+    assert targets["prefill_vs_transformers"]["value"] == pytest.approx(3.0 / 5.0)
     assert targets["prefill_vs_transformers"]["verdict"] == "PASS"
     assert targets["decode_vs_transformers"]["value"] == pytest.approx(4.0 / 3.0)
     assert targets["prefill_vs_paddleformers"]["verdict"] == "FAIL"
     assert targets["decode_vs_paddleformers"]["verdict"] == "FAIL"
     assert targets["vision_memory_linear"]["verdict"] == "PASS"
-    ours = results["rows"][0]
+    ours = results["rows"][1]
     total_flops = compare.prefill_flops([[1, 48, 48]], 600, results["config"])["total"]
     assert ours["prefill_frac_gemm"] == pytest.approx(total_flops / 3.0 / 1e9 / 200.0)
     bound = 12e9 / compare.decode_bytes_per_token(results["config"], 600 + 16)["total"]  # best bandwidth
@@ -114,7 +116,8 @@ def test_summary_targets_and_reports(tmp_path):
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert json.loads(paths[0].read_text())["targets"]
     table = paths[1].read_text()
-    assert "transformers-sdpa (fastest)" in table and "PASS" in table and "FAIL" in table
+    assert "transformers-sdpa (fastest)" in table and "paddlemix-flash_attention_2 (fastest)" in table
+    assert "paddlemix-sdpa |" in table and "PASS" in table and "FAIL" in table
     assert "error: exit code 1: boom" in table and "a note" in table
 
 
