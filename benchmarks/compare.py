@@ -881,12 +881,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     first_media = [r for r in runs if r["media"] == args.media[0]]
     for spec in first_media:
         result = step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
-        results["rows"].append({k: spec[k] for k in ("impl", "label", "media")} | result)
+        results["rows"].append({k: spec[k] for k in ("impl", "label", "media", "attn") if k in spec} | result)
         snapshot()
     # the vision-memory check uses each library's fastest attention on the first input
     for impl in memory_impls:
         best = fastest([r for r in results["rows"] if r["impl"] == impl and "prefill_s" in r])
-        attn = best["label"].split("-", 1)[1] if best else (args.hf_attn if impl == "transformers" else args.pm_attn)[0]
+        attn = best["attn"] if best else (args.hf_attn if impl == "transformers" else args.pm_attn)[0]
         label = f"{impl}-{attn}"
         for size in args.memory_sizes:
             spec = {"task": "vision_memory", "impl": impl, "attn": attn, "checkpoint": str(checkpoint),
@@ -896,7 +896,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         snapshot()
     for spec in runs[len(first_media):]:
         result = step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
-        results["rows"].append({k: spec[k] for k in ("impl", "label", "media")} | result)
+        results["rows"].append({k: spec[k] for k in ("impl", "label", "media", "attn") if k in spec} | result)
         snapshot()
     progress.close()
     snapshot()
