@@ -8,6 +8,7 @@ demo weights (``examples/assets/demo_weights``), those are used instead of the r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from typing import Optional
@@ -17,13 +18,14 @@ from tqdm.auto import tqdm
 
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
 
-__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "resolve_model_or_demo"]
+__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "DEMO_QUESTION", "resolve_model_or_demo"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ASSETS = os.path.join(REPO_ROOT, "examples", "assets")
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
 DEMO_IMAGE_2 = os.path.join(DEMO_ASSETS, "demo_image2.png")
 DEMO_VIDEO = os.path.join(DEMO_ASSETS, "demo_video.mp4")
+DEMO_QUESTION = "What shape is this?"  # one of the two questions the demo model was trained on
 SHIPPED_WEIGHTS = os.path.join(DEMO_ASSETS, "demo_weights")
 DEMO_VERSION = "v3"
 # Small enough to run in seconds on a CPU; the processor keeps images small too.
@@ -89,13 +91,23 @@ def build_demo_checkpoint(path: str, seed: int = 0) -> str:
     return path
 
 
+def _shipped_weights_tag() -> str:
+    """"random", or a digest of the shipped weights: retrained weights get a fresh cache entry."""
+    if not os.path.isdir(SHIPPED_WEIGHTS):
+        return "random"
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(SHIPPED_WEIGHTS)):
+        with open(os.path.join(SHIPPED_WEIGHTS, name), "rb") as f:
+            digest.update(f.read())
+    return "trained-" + digest.hexdigest()[:12]
+
+
 def demo_checkpoint(cache_dir: Optional[str] = None) -> str:
     """Path of the demo checkpoint, built on first use."""
     root = cache_dir or os.environ.get("PADDLEMIX_DEMO_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "paddlemix_qwen25vl"
     )
-    shipped = "trained" if os.path.isdir(SHIPPED_WEIGHTS) else "random"
-    path = os.path.join(root, f"demo-{DEMO_VERSION}-{shipped}")
+    path = os.path.join(root, f"demo-{DEMO_VERSION}-{_shipped_weights_tag()}")
     if not os.path.exists(os.path.join(path, "config.json")):
         os.makedirs(root, exist_ok=True)
         build_demo_checkpoint(path)

@@ -51,6 +51,13 @@ def test_script_runs_on_demo(demo_env, script, args):
         assert report["new_tokens"] == 6 and report["prefill_seconds"] > 0 and report["peak_rss_gb"] > 0
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, "examples", "assets", "demo_weights")), reason="no trained demo weights")
+def test_main_command_answers_what_the_readme_says(demo_env):
+    """The README's first command asks the trained demo model about the demo image (a red circle)."""
+    assert run_script("single_image_infer.py", demo_env).split("output_text:")[1].strip() == "circle"
+    assert run_script("single_image_infer.py", demo_env, "--question", "What colour is the shape?").split("output_text:")[1].strip() == "red"
+
+
 def test_grounding_script_saves_picture(demo_env, tmp_path):
     out = run_script("grounding_infer.py", demo_env, "--output_image", str(tmp_path / "boxes.png"))
     assert "output_text:" in out and (tmp_path / "boxes.png").exists()

@@ -19,6 +19,6 @@ def test_shipped_demo_model_answers_held_out_questions(tmp_path):
         shutil.copy2(os.path.join(SHIPPED_WEIGHTS, name), model_dir / name)
     for name in PROCESSOR_FILES:
         shutil.copy2(os.path.join(demo_checkpoint(), name), model_dir / name)
-    make_dataset(str(tmp_path / "data"), num_samples=0, num_eval=10, seed=1234)  # images never seen in training
+    make_dataset(str(tmp_path / "data"), num_samples=0, num_eval=40, seed=1234)  # images never seen in training
     accuracy, results = evaluate(str(model_dir), str(tmp_path / "data" / "eval.jsonl"))
     assert accuracy >= 0.9, results
