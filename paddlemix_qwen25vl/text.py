@@ -22,6 +22,7 @@ from .distributed.context import SINGLE, ParallelContext
 from .distributed.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from .layers import RMSNorm, SwiGLUMLP
 from .rope import apply_rotary, mrope_cos_sin, rotary_inv_freq
+from .runtime import on_gpu
 
 __all__ = ["Qwen2_5_VLTextModel"]
 
@@ -163,6 +164,10 @@ class Qwen2_5_VLTextModel(nn.Layer):
         batch, q_len, _ = inputs_embeds.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         implementation = resolve_attn_implementation(self.attn_implementation, inputs_embeds)
+        if implementation == "flash_attention_2" and q_len == 1 and not on_gpu():
+            # One new token per sequence on the CPU: the operator has nothing to tile, and the
+            # unpadded gather/scatter around it cost more than the attention. Same softmax, dense.
+            implementation = "eager"
         if implementation == "flash_attention_2":
             layout = _unpadded_layout(attention_mask, batch, q_len, past_len)
         else:
