@@ -75,6 +75,19 @@ def test_greedy_matches_transformers(models, name, rows):
         np.testing.assert_array_equal(tokens[i], alone[0])
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=["single_image", "batch_of_two"])
+def test_flash_attention_generation_equals_sdpa(models, reference_checkpoint, case):
+    """flash_attention_2: the prompt through the operator, one-token steps dense on the CPU."""
+    _, model = models
+    flash = Qwen2_5_VLForConditionalGeneration.from_pretrained(reference_checkpoint[1], attn_implementation="flash_attention_2")
+    inputs = gen_inputs(case[1])
+    options = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, decode_strategy="greedy_search", **STOP)
+    tokens, scores = ours(flash, inputs, **options)
+    expected, expected_scores = ours(model, inputs, **options)
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+
+
 def test_greedy_without_cache_equals_with_cache(models):
     _, model = models
     inputs = gen_inputs(CASES[3][1])

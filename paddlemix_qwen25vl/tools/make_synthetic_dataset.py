@@ -2,10 +2,9 @@
 
     python -m paddlemix_qwen25vl.tools.make_synthetic_dataset --output_dir data/shapes --num_samples 2000
 
-Writes ``images/*.png``, ``train.jsonl`` (messages format, both questions per image as two turns),
-``eval.jsonl`` (held-out images, one question each,
-``--num_eval`` of them) and ``meta.json`` for ``--meta_path``. Seeded: the same command gives
-the same files. The answers are one word, so greedy generation can be scored by exact match.
+Writes ``images/*.png``, ``train.jsonl`` (messages format, both questions per image as two
+turns), ``eval.jsonl`` (``--num_eval`` held-out images, one question each) and ``meta.json`` for
+``--meta_path``. Seeded: the same command gives the same files. The answers are one word, so greedy generation can be scored by exact match.
 """
 
 from __future__ import annotations
