@@ -4,7 +4,8 @@
 
 Writes ``images/*.png``, ``train.jsonl`` (messages format, both questions per image as two
 turns), ``eval.jsonl`` (``--num_eval`` held-out images, one question each) and ``meta.json`` for
-``--meta_path``. Seeded: the same command gives the same files. The answers are one word, so greedy generation can be scored by exact match.
+``--meta_path``. Seeded: the same command gives the same files. The answers are one word, so
+greedy generation can be scored by exact match.
 """
 
 from __future__ import annotations
