@@ -300,7 +300,10 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
         try:
-            with no_init_weights():  # every weight is about to be overwritten
+            # Every weight is about to be overwritten: no reference initialisation, and parameters
+            # get memory only when their value is set (Paddle's default Xavier draws, which
+            # LazyGuard skips, were half of a CPU load's time).
+            with no_init_weights(), paddle.LazyGuard():
                 return cls(config, mp=mp)
         finally:
             paddle.set_default_dtype(previous)
