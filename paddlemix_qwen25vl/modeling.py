@@ -7,7 +7,6 @@ come from :func:`paddlemix_qwen25vl.rope.rope_index` whenever the caller gives n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from .distributed.layers import ColumnParallelLinear, TiedLMHead, split_axes
 from .generation import generate
 from .loading import TensorSlicing, load_weights, resolve_model_path, save_weights
 from .rope import rope_index
-from .runtime import on_gpu, resolve_dtype
+from .runtime import resolve_dtype
 from .text import Qwen2_5_VLTextModel
 from .vision import Qwen2_5_VisionTransformer
 
@@ -301,11 +300,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
         try:
-            # Every weight is about to be overwritten: no reference initialisation, and on the CPU
-            # parameters get memory only when their value is set (Paddle's default Xavier draws,
-            # which LazyGuard skips, were half of a CPU load's time). GPUs keep eager creation:
-            # lazy parameters there are untested.
-            with no_init_weights(), contextlib.nullcontext() if on_gpu() else paddle.LazyGuard():
+            with no_init_weights():  # every weight is about to be overwritten
                 return cls(config, mp=mp)
         finally:
             paddle.set_default_dtype(previous)
