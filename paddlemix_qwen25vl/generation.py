@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["generate", "apply_repetition_penalty", "top_k_top_p_filter", "DECODE_STRATEGIES"]
+__all__ = ["generate", "apply_repetition_penalty", "choose_next_tokens", "top_k_top_p_filter", "DECODE_STRATEGIES"]
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
 
@@ -46,9 +46,33 @@ def top_k_top_p_filter(logits: paddle.Tensor, top_k: int, top_p: float) -> paddl
     return logits
 
 
-def _log_softmax(logits: paddle.Tensor) -> paddle.Tensor:
-    """log_softmax over the vocabulary; Paddle's CPU log_softmax kernel takes seconds on a 152k-wide row."""
-    return logits - paddle.logsumexp(logits, axis=-1, keepdim=True)
+def _log_sum(weights: paddle.Tensor) -> paddle.Tensor:
+    """``log(sum(weights))`` over the vocabulary, ``[B, 1]``, summed in float64.
+
+    Paddle's CPU float32 sum (and its logsumexp) accumulates serially: 2e-4 off on a
+    152k-wide row, where torch's pairwise sum is 5e-7 off; in float64 it is 1e-8.
+    (Paddle's CPU log_softmax is no alternative: seconds per row.)
+    """
+    return paddle.log(weights.astype("float64").sum(axis=-1, keepdim=True)).astype(weights.dtype)
+
+
+def choose_next_tokens(logits: paddle.Tensor, sample: bool) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """The next token of each row of processed ``logits [B, vocab]`` and its log-probability.
+
+    Greedy takes the arg-max; sampling draws from softmax(logits). Returns ``(tokens [B],
+    log_probs [B, 1])``; the log-probability is the chosen logit minus the row's logsumexp.
+    """
+    if sample:
+        best = logits.max(axis=-1, keepdim=True)  # [B, 1]
+    else:
+        tokens = paddle.argmax(logits, axis=-1)
+        best = paddle.take_along_axis(logits, tokens.unsqueeze(-1), axis=1)  # the row maximum
+    shifted = logits - best  # <= 0: exp cannot overflow
+    weights = paddle.exp(shifted)  # softmax up to the normaliser
+    if sample:
+        tokens = paddle.multinomial(weights / weights.sum(axis=-1, keepdim=True), num_samples=1).squeeze(-1)
+    chosen = paddle.take_along_axis(shifted, tokens.unsqueeze(-1), axis=1)
+    return tokens, chosen - _log_sum(weights)
 
 
 def _as_list(value: Union[int, Sequence[int], None]) -> List[int]:
@@ -117,6 +141,11 @@ def generate(
     if batch > 1 and bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("batched generation needs left padding (processor padding_side='left'); the last column has padding")
 
+    # Without padding a decode step's one query sees every cached key: no mask to grow and
+    # build per step. The ids seen so far matter only to the repetition penalty (and without
+    # a cache, as the next input).
+    padded = not bool((attention_mask == 1).all())
+    track_seen = repetition_penalty != 1.0 or not use_cache
     eos = paddle.to_tensor(eos_ids, dtype=input_ids.dtype) if eos_ids else None
     seen = input_ids
     new_tokens: List[paddle.Tensor] = []
@@ -130,13 +159,8 @@ def generate(
             logits = paddle.put_along_axis(logits, eos.unsqueeze(0).expand([batch, eos.shape[0]]), float("-inf"), axis=1)
         if decode_strategy == "sampling":
             logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
-            log_probs = _log_softmax(logits)
-            next_tokens = paddle.multinomial(paddle.exp(log_probs), num_samples=1).squeeze(-1)
-        else:
-            log_probs = _log_softmax(logits)
-            next_tokens = paddle.argmax(logits, axis=-1)
+        next_tokens, chosen = choose_next_tokens(logits, sample=decode_strategy == "sampling")
         next_tokens = next_tokens.astype(input_ids.dtype)
-        chosen = paddle.take_along_axis(log_probs, next_tokens.unsqueeze(-1), axis=1)
         scores = scores + paddle.where(finished.unsqueeze(-1), paddle.zeros_like(chosen), chosen)
         next_tokens = paddle.where(finished, paddle.full_like(next_tokens, pad_token_id), next_tokens)
         new_tokens.append(next_tokens)
@@ -146,19 +170,21 @@ def generate(
             finished = paddle.logical_or(finished, (next_tokens.unsqueeze(-1) == eos.unsqueeze(0)).any(-1))
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        seen = paddle.concat([seen, next_tokens.unsqueeze(-1)], axis=1)
-        attention_mask = paddle.concat([attention_mask, paddle.ones([batch, 1], dtype=attention_mask.dtype)], axis=1)
+        if track_seen:
+            seen = paddle.concat([seen, next_tokens.unsqueeze(-1)], axis=1)
+        if padded:
+            attention_mask = paddle.concat([attention_mask, paddle.ones([batch, 1], dtype=attention_mask.dtype)], axis=1)
         if use_cache:
             outputs = model(
                 input_ids=next_tokens.unsqueeze(-1),
-                attention_mask=attention_mask,
+                attention_mask=attention_mask if padded else None,
                 past_key_values=outputs.past_key_values,
                 rope_deltas=outputs.rope_deltas,
                 use_cache=True,
                 logits_to_keep=1,
             )
         else:
-            outputs = model(input_ids=seen, attention_mask=attention_mask, use_cache=False, logits_to_keep=1, **model_inputs)
+            outputs = model(input_ids=seen, attention_mask=attention_mask if padded else None, use_cache=False, logits_to_keep=1, **model_inputs)
     if streamer is not None:
         streamer.end()
     return paddle.stack(new_tokens, axis=1), scores

@@ -170,6 +170,8 @@ class Qwen2_5_VLTextModel(nn.Layer):
             implementation = "eager"
         if implementation == "flash_attention_2":
             layout = _unpadded_layout(attention_mask, batch, q_len, past_len)
+        elif attention_mask is None and q_len == 1:  # one unpadded query at the end sees every key
+            layout = AttentionLayout(implementation)
         else:
             mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
             layout = AttentionLayout(implementation, mask=mask)

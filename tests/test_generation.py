@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
-from paddlemix_qwen25vl.generation import apply_repetition_penalty, top_k_top_p_filter
+from paddlemix_qwen25vl.generation import apply_repetition_penalty, choose_next_tokens, top_k_top_p_filter
 from reference import TOKENS
 from test_parity import make_inputs
 
@@ -60,15 +60,25 @@ def test_greedy_matches_transformers(models, name, rows):
     ref_model, model = models
     inputs = gen_inputs(rows)
     with torch.no_grad():
-        ref = ref_model.generate(
+        out = ref_model.generate(
             **{k: torch.from_numpy(v) for k, v in inputs.items()},
             max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS,
             do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
             **STOP,
-        )[:, inputs["input_ids"].shape[1]:].numpy()
-    tokens, _ = ours(model, inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, decode_strategy="greedy_search", **STOP)
+        )
+    ref = out.sequences[:, inputs["input_ids"].shape[1]:].numpy()
+    # The reference's processed logits per step -> the summed log-probability of each chosen token.
+    step_logits = torch.stack(out.scores, dim=1).double()  # [B, new, vocab]
+    ref_scores = torch.log_softmax(step_logits, dim=-1).gather(-1, torch.from_numpy(ref)[..., None]).sum(1).numpy()
+    tokens, scores = ours(model, inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                          decode_strategy="greedy_search", **STOP)
     np.testing.assert_array_equal(tokens, ref)
+    # Summed over 32 steps the scores differ by <= 2e-5 (measured over these cases); 1e-4 leaves
+    # room for platform rounding. The sum over a real 152k vocabulary: test_choose_next_tokens_*.
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-4)
     for i in range(len(rows) if len(rows) > 1 else 0):  # every batch row equals the row generated alone
         alone, _ = ours(model, split_row(inputs, i), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                         decode_strategy="greedy_search", **STOP)
@@ -149,3 +159,21 @@ def test_generation_errors(models):
     right = {**batch, "attention_mask": batch["attention_mask"][:, ::-1].copy()}
     with pytest.raises(ValueError, match="left padding"):
         ours(model, right)
+
+
+def test_choose_next_tokens_log_probabilities():
+    """Greedy and sampled choices carry log_softmax(logits)[token], also for wide, large and -inf logits."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, size=(3, 151936)).astype(np.float32)
+    logits[1] *= 1000.0  # exp would overflow without the shift
+    logits[2, :5] = -np.inf  # suppressed tokens (min_new_tokens, top-k/top-p)
+    reference = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True)).sum(
+        -1, keepdims=True)) - logits.max(-1, keepdims=True)
+    tokens, log_probs = choose_next_tokens(paddle.to_tensor(logits), sample=False)
+    np.testing.assert_array_equal(tokens.numpy(), logits.argmax(-1))
+    np.testing.assert_allclose(log_probs.numpy()[:, 0], reference[np.arange(3), logits.argmax(-1)], rtol=1e-6, atol=1e-6)
+    paddle.seed(0)
+    tokens, log_probs = choose_next_tokens(paddle.to_tensor(logits), sample=True)
+    tokens = tokens.numpy()
+    assert np.isfinite(reference[np.arange(3), tokens]).all()  # never a suppressed token
+    np.testing.assert_allclose(log_probs.numpy()[:, 0], reference[np.arange(3), tokens], rtol=1e-6, atol=1e-5)
