@@ -184,7 +184,13 @@ def generate(
                 logits_to_keep=1,
             )
         else:
-            outputs = model(input_ids=seen, attention_mask=attention_mask if padded else None, use_cache=False, logits_to_keep=1, **model_inputs)
+            outputs = model(
+                input_ids=seen,
+                attention_mask=attention_mask if padded else None,
+                use_cache=False,
+                logits_to_keep=1,
+                **model_inputs,
+            )
     if streamer is not None:
         streamer.end()
     return paddle.stack(new_tokens, axis=1), scores
