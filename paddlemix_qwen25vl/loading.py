@@ -286,8 +286,9 @@ def load_weights(
 
     Tensors are read (only this rank's slice under ``slicing``), converted to the parameter's
     dtype (and transposed for torch Linear weights) and assigned one at a time. Any missing,
-    unexpected or mis-shaped key raises a :class:`CheckpointError` listing them; no parameter
-    is left randomly initialised. ``ignore_keys`` are checkpoint keys to skip silently.
+    unexpected or mis-shaped key raises a :class:`CheckpointError` listing them, so no parameter
+    is left unset (a model from ``build`` has none allocated before). ``ignore_keys`` are
+    checkpoint keys to skip silently.
     """
     params = dict(model.named_parameters())
     shapes = {name: tuple(param.shape) for name, param in params.items()}

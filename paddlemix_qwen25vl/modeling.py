@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.base.initializer import _global_bias_initializer, _global_weight_initializer
 from paddlenlp.generation import GenerationConfig
 from paddlenlp.transformers.model_outputs import ModelOutput
 from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
@@ -45,6 +46,13 @@ class Qwen2_5_VLCausalLMOutputWithPast(ModelOutput):
     logits: Optional[paddle.Tensor] = None
     past_key_values: Optional[KVCache] = None
     rope_deltas: Optional[paddle.Tensor] = None
+
+
+class _Unfilled(nn.initializer.Initializer):
+    """Leaves a new parameter unallocated: its value is set later (by :func:`load_weights`)."""
+
+    def forward(self, param: paddle.Tensor, block: Any = None) -> None:
+        return None
 
 
 class Qwen2_5_VLPreTrainedModel(PretrainedModel):
@@ -296,13 +304,20 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
 
     @classmethod
     def build(cls, config: Qwen2_5_VLConfig, dtype: str, mp: ParallelContext = SINGLE) -> "Qwen2_5_VLForConditionalGeneration":
-        """An uninitialised model (this rank's share under ``mp``) with parameters in ``dtype``, to be loaded."""
+        """An uninitialised model (this rank's share under ``mp``) with parameters in ``dtype``, to be
+        loaded by :func:`~paddlemix_qwen25vl.loading.load_weights`: until then its parameters have no memory."""
         previous = paddle.get_default_dtype()
+        previous_init = (_global_weight_initializer(), _global_bias_initializer())
         paddle.set_default_dtype(dtype)
+        # Every weight is about to be overwritten (a missing one fails the load): parameters get
+        # no memory until their value arrives (Paddle's Xavier draws, or even a zero fill, were
+        # half of a CPU load's time).
+        nn.initializer.set_global_initializer(_Unfilled(), _Unfilled())
         try:
-            with no_init_weights():  # every weight is about to be overwritten
+            with no_init_weights():
                 return cls(config, mp=mp)
         finally:
+            nn.initializer.set_global_initializer(*previous_init)
             paddle.set_default_dtype(previous)
 
     def save_pretrained(self, save_directory: str, max_shard_size: int = 5 * 1024**3) -> None:

@@ -33,10 +33,8 @@ def test_default_targets_are_the_decoder_projections():
 
 def test_lora_run_and_merge(tiny_checkpoint, processor, meta_path, tmp_path):
     out = str(tmp_path / "lora")
-    losses = run_finetune(tiny_checkpoint, meta_path, out, "--max_steps", "8", "--lora", "--lora_rank", "8",
-                          "--lora_dropout", "0.0", "--freeze_vit", "--tune_mm_mlp", "--learning_rate", "5e-2")
-    # the frozen 151,936-row embedding dominates a tiny model's logits: LoRA moves the loss slowly
-    assert np.mean([losses[s] for s in (7, 8)]) < np.mean([losses[s] for s in (1, 2)]) - 0.2
+    run_finetune(tiny_checkpoint, meta_path, out, "--max_steps", "8", "--lora", "--lora_rank", "8",
+                 "--lora_dropout", "0.0", "--freeze_vit", "--tune_mm_mlp", "--learning_rate", "2e-2")
     assert os.path.exists(os.path.join(out, "lora_config.json"))
     merged_path = str(tmp_path / "merged")
     merge_lora_params.main(["--model_name_or_path", tiny_checkpoint, "--lora_path", out, "--merge_model_path", merged_path])
@@ -49,8 +47,16 @@ def test_lora_run_and_merge(tiny_checkpoint, processor, meta_path, tmp_path):
     merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(merged_path)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint)
     with paddle.no_grad():
-        expected = lora_model(**batch, use_cache=False).logits.numpy()
+        lora_out = lora_model(**batch, use_cache=False)
+        expected = lora_out.logits.numpy()
         got = merged(**batch, use_cache=False).logits.numpy()
-        untrained = base(**batch, use_cache=False).logits.numpy()
+        base_out = base(**batch, use_cache=False)
+        untrained = base_out.logits.numpy()
     assert np.abs(expected - untrained).max() > 1e-2  # the adapters (and merger) changed the model
+    # The run learnt: lower loss on two of its training samples. (Per-step losses are no measure
+    # here: each step sees other samples, and they jump by 0.5 between steps.) The frozen
+    # 151,936-row embedding dominates a tiny model's logits, so LoRA moves the loss slowly: from
+    # 11.97 down by 0.20-0.52 over nine runs (runs inside pytest differ slightly from step 1 on;
+    # at lr 5e-2 that grew into adapters whose merge differed by 2e-5 once).
+    assert float(lora_out.loss) < float(base_out.loss) - 0.1
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
