@@ -69,8 +69,8 @@ def choose_next_tokens(logits: paddle.Tensor, sample: bool) -> Tuple[paddle.Tens
         best = paddle.take_along_axis(logits, tokens.unsqueeze(-1), axis=1)  # the row maximum
     shifted = logits - best  # <= 0: exp cannot overflow
     weights = paddle.exp(shifted)  # softmax up to the normaliser
-    if sample:
-        tokens = paddle.multinomial(weights / weights.sum(axis=-1, keepdim=True), num_samples=1).squeeze(-1)
+    if sample:  # multinomial normalises the weights itself
+        tokens = paddle.multinomial(weights, num_samples=1).squeeze(-1)
     chosen = paddle.take_along_axis(shifted, tokens.unsqueeze(-1), axis=1)
     return tokens, chosen - _log_sum(weights)
 
