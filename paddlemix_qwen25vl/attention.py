@@ -24,6 +24,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from .ops.decode_attention import decode_attention, decode_attention_applies
+
 __all__ = [
     "dense_attention",
     "varlen_attention",
@@ -168,9 +170,13 @@ def dense_attention(
     through :func:`varlen_attention` (it needs unpadded tokens). Off the GPU, ``sdpa`` with
     grouped-query heads runs the grouped math too: Paddle's CPU backend copies every kv head
     ``groups`` times first, which made each decode step 20x slower than the attention itself.
+    A CPU decode step without mask (one query per sequence, no gradient) runs that math as one
+    operator, :func:`~paddlemix_qwen25vl.ops.decode_attention.decode_attention`, when it is built.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not _on_gpu(q)):
+        if mask is None and decode_attention_applies(q):  # a CPU decode step: the same math in one op
+            return decode_attention(q, k, v, scale)
         return _grouped_math(q, k, v, mask, scale)
     if implementation == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, training=False)

@@ -46,6 +46,23 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& s, const float* q,
                          const float* dout, const float* lse, float* dq,
                          float* dk, float* dv);
 
+// Decode attention on the CPU, float32: one new query per sequence against its
+// whole cache, no mask. q and out [batch, heads, head_dim]; k and v
+// [batch, len, kv_heads, head_dim] (the KV cache layout); scores are
+// (q . k) * softmax_scale, the softmax is taken over all len keys.
+struct DecodeAttnShape {
+  int64_t batch;
+  int64_t heads;
+  int64_t kv_heads;
+  int64_t head_dim;
+  int64_t len;
+  float softmax_scale;
+};
+
+// Returns false (and writes nothing) unless head_dim is 16, 32, 64 or 128.
+bool decode_attn_fwd_cpu(const DecodeAttnShape& s, const float* q,
+                         const float* k, const float* v, float* out);
+
 // CUDA launchers (flash_attn_varlen_cuda.cu). `stream` is a cudaStream_t.
 enum class VarlenDType { kFloat32, kFloat16, kBFloat16 };
 

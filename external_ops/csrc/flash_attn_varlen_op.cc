@@ -1,4 +1,5 @@
-// Paddle operator `qwen25vl_flash_attn_varlen` and its registered gradient.
+// Paddle operators `qwen25vl_flash_attn_varlen` (with its registered gradient)
+// and `qwen25vl_decode_attention` (CPU inference only).
 //
 // Validates the inputs, allocates outputs and dispatches to the raw-pointer
 // kernels: CPU always, CUDA only when the package was built against a CUDA
@@ -147,6 +148,35 @@ std::vector<paddle::Tensor> FlashAttnVarlenBackward(
   PD_THROW("qwen25vl_flash_attn_varlen: no kernel for this device in this build");
 }
 
+std::vector<paddle::Tensor> DecodeAttentionForward(const paddle::Tensor& q_in,
+                                                   const paddle::Tensor& k_in,
+                                                   const paddle::Tensor& v_in,
+                                                   float softmax_scale) {
+  const paddle::Tensor q = contiguous(q_in), k = contiguous(k_in),
+                       v = contiguous(v_in);
+  PD_CHECK(q.is_cpu() && k.is_cpu() && v.is_cpu(),
+           "qwen25vl_decode_attention runs on the CPU only");
+  PD_CHECK(q.dtype() == paddle::DataType::FLOAT32 && k.dtype() == q.dtype() &&
+               v.dtype() == q.dtype(),
+           "qwen25vl_decode_attention supports float32 only");
+  PD_CHECK(q.shape().size() == 4 && q.shape()[1] == 1,
+           "q must be [batch, 1, heads, head_dim]");
+  PD_CHECK(k.shape().size() == 4 && k.shape() == v.shape(),
+           "k and v must be [batch, len, kv_heads, head_dim]");
+  PD_CHECK(k.shape()[0] == q.shape()[0] && k.shape()[3] == q.shape()[3] &&
+               k.shape()[2] > 0 && q.shape()[2] % k.shape()[2] == 0,
+           "q and k/v disagree on batch, head_dim or head grouping");
+  PD_CHECK(k.shape()[1] > 0, "the cache is empty");
+  DecodeAttnShape sh{q.shape()[0], q.shape()[2], k.shape()[2], q.shape()[3],
+                     k.shape()[1], softmax_scale};
+  paddle::Tensor out =
+      paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
+  PD_CHECK(decode_attn_fwd_cpu(sh, q.data<float>(), k.data<float>(),
+                               v.data<float>(), out.data<float>()),
+           "qwen25vl_decode_attention: head_dim must be 16, 32, 64 or 128");
+  return {out};
+}
+
 std::vector<std::vector<int64_t>> FlashAttnVarlenForwardShape(
     const std::vector<int64_t>& q_shape, const std::vector<int64_t>&,
     const std::vector<int64_t>&, const std::vector<int64_t>&,
@@ -179,3 +209,9 @@ PD_BUILD_GRAD_OP(qwen25vl_flash_attn_varlen)
     .Attrs({"max_seqlen_q: int", "max_seqlen_k: int", "softmax_scale: float",
             "causal: bool"})
     .SetKernelFn(PD_KERNEL(pmq_ops::FlashAttnVarlenBackward));
+
+PD_BUILD_OP(qwen25vl_decode_attention)
+    .Inputs({"q", "k", "v"})
+    .Outputs({"out"})
+    .Attrs({"softmax_scale: float"})
+    .SetKernelFn(PD_KERNEL(pmq_ops::DecodeAttentionForward));

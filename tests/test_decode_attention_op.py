@@ -1,0 +1,82 @@
+"""The CPU decode-attention operator against a float64 oracle, and when the decoder uses it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix_qwen25vl import attention
+from paddlemix_qwen25vl.ops import decode_attention as decode_module
+from paddlemix_qwen25vl.ops.decode_attention import decode_attention, decode_attention_applies
+
+
+def oracle(q, k, v, scale):
+    """softmax(q k^T * scale) v in float64, query head h on kv head h // group."""
+    batch, _, heads, dim = q.shape
+    group = heads // k.shape[2]
+    out = np.zeros(q.shape)
+    for b in range(batch):
+        for h in range(heads):
+            scores = k[b, :, h // group].astype(np.float64) @ q[b, 0, h].astype(np.float64) * scale
+            p = np.exp(scores - scores.max())
+            out[b, 0, h] = (p / p.sum()) @ v[b, :, h // group].astype(np.float64)
+    return out
+
+
+def make(batch, heads, kv_heads, dim, length, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, 1, heads, dim)).astype(np.float32)
+    k = rng.standard_normal((batch, length, kv_heads, dim)).astype(np.float32)
+    v = rng.standard_normal((batch, length, kv_heads, dim)).astype(np.float32)
+    return q, k, v
+
+
+SHAPES = {  # (batch, heads, kv_heads, head_dim, cached keys)
+    "3B_decode": (1, 16, 2, 128, 621),
+    "tiny_model": (2, 4, 2, 16, 37),
+    "no_gqa": (3, 8, 8, 64, 5),
+    "one_key": (2, 4, 1, 32, 1),
+    "7B_heads_ragged_len": (1, 28, 4, 128, 130),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_op_matches_float64_oracle(shape):
+    q, k, v = make(*SHAPES[shape])
+    scale = 1 / math.sqrt(q.shape[-1])
+    with paddle.no_grad():
+        got = decode_attention(*(paddle.to_tensor(x) for x in (q, k, v)), scale).numpy()
+    err = float(np.abs(got - oracle(q, k, v, scale)).max())
+    assert err <= 1e-5, f"max abs error {err:.2e}"
+
+
+def test_applies_only_to_cpu_float32_decode_without_gradient():
+    q = paddle.zeros([1, 1, 4, 16])
+    with paddle.no_grad():
+        assert decode_attention_applies(q)
+        assert not decode_attention_applies(paddle.zeros([1, 2, 4, 16])), "two queries are not a decode step"
+        assert not decode_attention_applies(paddle.zeros([1, 1, 4, 48])), "48 is not a kernel width"
+        assert not decode_attention_applies(q.astype("float64"))
+    assert not decode_attention_applies(q), "the operator has no backward"
+
+
+def test_op_rejects_unsupported_head_dim():
+    q, k, v = make(1, 4, 2, 48, 8)
+    with pytest.raises(Exception, match="head_dim must be 16, 32, 64 or 128"):
+        decode_attention(*(paddle.to_tensor(x) for x in (q, k, v)), 0.1)
+
+
+def test_dense_attention_runs_decode_steps_through_the_op(monkeypatch):
+    q, k, v = (paddle.to_tensor(x) for x in make(2, 4, 2, 16, 37))
+    calls = []
+    monkeypatch.setattr(attention, "decode_attention", lambda *a: calls.append(1) or decode_module.decode_attention(*a))
+    with paddle.no_grad():
+        fast = attention.dense_attention(q, k, v, None, "eager")
+        assert calls, "an unmasked CPU decode step should use the operator"
+        math_path = attention._grouped_math(q, k, v, None, 1 / math.sqrt(16))
+        mask = paddle.zeros([2, 1, 1, 37])
+        attention.dense_attention(q, k, v, mask, "eager")
+    assert len(calls) == 1, "a masked step (padded batch) keeps the grouped math"
+    np.testing.assert_allclose(fast.numpy(), math_path.numpy(), rtol=0, atol=1e-6)
