@@ -7,6 +7,7 @@ import pytest
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from paddlemix_qwen25vl.distributed.layers import TiedLMHead, VocabParallelEmbedding
 from paddlemix_qwen25vl.loading import load_weights
+from reference import build_reference_model
 
 
 def make_head(vocab: int = 300, hidden: int = 32):
@@ -65,11 +66,10 @@ def test_copy_follows_in_place_ops_and_replaced_weights():
 
 
 @pytest.fixture(scope="module")
-def tied_checkpoint(reference_checkpoint):
-    reference, path = reference_checkpoint
-    if not reference.config.tie_word_embeddings:
-        pytest.skip("the copy exists for tied embeddings only")
-    return path
+def tied_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tied_head")
+    build_reference_model(tie_word_embeddings=True).save_pretrained(str(path))
+    return str(path)
 
 
 def test_set_state_dict_and_load_weights_drop_the_copy(tied_checkpoint):
