@@ -290,8 +290,6 @@ def load_weights(
     is left unset (a model from ``build`` has none allocated before). ``ignore_keys`` are
     checkpoint keys to skip silently.
     """
-    from .distributed.layers import release_decode_weights  # distributed imports this module
-
     params = dict(model.named_parameters())
     shapes = {name: tuple(param.shape) for name, param in params.items()}
     for name, value, dtype_name in read_checkpoint(path, shapes, slicing, ignore_keys):
@@ -300,7 +298,6 @@ def load_weights(
         # float32 goes straight from the (mapped) array into the parameter: no intermediate tensor.
         param.set_value(value if param.dtype == paddle.float32 else paddle.to_tensor(value).astype(param.dtype))
         del value
-    release_decode_weights(model)  # set_value writes in place, unseen by the copies' version check
 
 
 def write_sharded(

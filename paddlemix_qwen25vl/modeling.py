@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -25,7 +25,7 @@ from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
 from .distributed.checkpoints import rank_checkpoint, save_rank_checkpoint
 from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_config, init_tensor_parallel
-from .distributed.layers import ColumnParallelLinear, TiedLMHead, release_decode_weights, split_axes
+from .distributed.layers import ColumnParallelLinear, TiedLMHead, split_axes
 from .generation import generate
 from .loading import TensorSlicing, load_weights, resolve_model_path, save_weights
 from .rope import rope_index
@@ -319,13 +319,6 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         finally:
             nn.initializer.set_global_initializer(*previous_init)
             paddle.set_default_dtype(previous)
-
-    def set_state_dict(self, state_dict: Dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        """``nn.Layer.set_state_dict``; also drops the tied lm_head's transposed inference copy
-        (the weights are rewritten in place, which its version check does not see)."""
-        result = super().set_state_dict(state_dict, *args, **kwargs)
-        release_decode_weights(self)
-        return result
 
     def save_pretrained(self, save_directory: str, max_shard_size: int = 5 * 1024**3) -> None:
         """Write ``config.json``, ``generation_config.json`` and Paddle-layout safetensors weights.

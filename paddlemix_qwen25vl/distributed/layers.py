@@ -12,7 +12,6 @@ and from nowhere else.
 
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import paddle
@@ -27,7 +26,6 @@ __all__ = [
     "RowParallelLinear",
     "VocabParallelEmbedding",
     "TiedLMHead",
-    "release_decode_weights",
     "split_axes",
 ]
 
@@ -111,59 +109,20 @@ class VocabParallelEmbedding(nn.Embedding):
 
 class TiedLMHead(nn.Layer):
     """Output projection sharing the token embedding matrix (3B): logits for this rank's
-    vocabulary rows, gathered over ranks into ``[..., vocab]``.
-
-    Decoding reads the whole ``[vocab, hidden]`` matrix once per token, and on the CPU MKL
-    streams it ~12% faster as ``x @ W^T`` stored ``[hidden, vocab]`` than transposed on the
-    fly (33 vs 29 GB/s on the benchmark machine; a 4-5% faster decode step for the 3B).
-    So inference calls (eval mode, gradients off, CPU, at most ``DECODE_ROWS`` rows) use a
-    transposed copy, made at the first such call (about 1 s and ``vocab * hidden`` floats
-    for the 3B). The copy is dropped when the layer runs in training mode or with
-    gradients, and remade when the weight is replaced or changed by an in-place paddle op;
-    ``load_weights`` and the model's ``set_state_dict`` drop it too. After writing the
-    embedding by other means (``set_value``/``copy_``) outside training, call
-    :meth:`release_decode_weight`.
-    """
-
-    DECODE_ROWS = 64  # larger products are compute-bound and gain nothing from the layout
+    vocabulary rows, gathered over ranks into ``[..., vocab]``."""
 
     def __init__(self, embedding: VocabParallelEmbedding) -> None:
         super().__init__()
         self._embedding = [embedding]  # a list keeps it out of this layer's parameters
-        self._decode_weight = None  # (weight, its inplace version, weight^T [hidden, vocab rows])
 
     @property
     def weight(self) -> paddle.Tensor:
         return self._embedding[0].weight
 
-    def release_decode_weight(self) -> None:
-        """Drop the transposed inference copy (it is remade from the weight when next needed)."""
-        self._decode_weight = None
-
-    def _transposed_weight(self) -> paddle.Tensor:
-        weight = self.weight
-        cached = self._decode_weight
-        if cached is None or cached[0] is not weight or cached[1] != weight._inplace_version():
-            self._decode_weight = None  # free the stale copy before making the new one
-            cached = self._decode_weight = (weight, weight._inplace_version(), weight.T.contiguous())
-        return cached[2]
-
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         mp = self._embedding[0].mp
-        hidden_states = copy_to_ranks(hidden_states, mp)  # [..., hidden]
-        if self.training or paddle.is_grad_enabled():
-            self.release_decode_weight()  # the weight may change from here on
-        elif math.prod(hidden_states.shape[:-1]) <= self.DECODE_ROWS and self.weight.place.is_cpu_place():
-            return gather_last_axis(paddle.matmul(hidden_states, self._transposed_weight()), mp)
-        logits = paddle.matmul(hidden_states, self.weight, transpose_y=True)  # [..., vocab rows]
+        logits = paddle.matmul(copy_to_ranks(hidden_states, mp), self.weight, transpose_y=True)
         return gather_last_axis(logits, mp)
-
-
-def release_decode_weights(model: nn.Layer) -> None:
-    """Drop every :class:`TiedLMHead` inference copy in ``model`` (its weights were just rewritten)."""
-    for layer in model.sublayers(include_self=True):
-        if isinstance(layer, TiedLMHead):
-            layer.release_decode_weight()
 
 
 def split_axes(model: nn.Layer) -> Dict[str, int]:
