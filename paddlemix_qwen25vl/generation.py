@@ -13,6 +13,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import paddle
 import paddle.nn.functional as F
 
+from .cache import KVCache
+
 __all__ = ["generate", "apply_repetition_penalty", "choose_next_tokens", "top_k_top_p_filter", "DECODE_STRATEGIES"]
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
@@ -110,6 +112,8 @@ def generate(
     max_new_tokens = max_new_tokens if max_new_tokens is not None else (getattr(defaults, "max_new_tokens", None) or 20)
     if decode_strategy is None:
         decode_strategy = "sampling" if getattr(defaults, "do_sample", False) else "greedy_search"
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if decode_strategy not in DECODE_STRATEGIES:
         raise ValueError(f"decode_strategy {decode_strategy!r} is not one of {', '.join(DECODE_STRATEGIES)}")
     temperature = temperature if temperature is not None else getattr(defaults, "temperature", 1.0)
@@ -151,7 +155,17 @@ def generate(
     new_tokens: List[paddle.Tensor] = []
     scores = paddle.zeros([batch, 1], dtype="float32")
     finished = paddle.zeros([batch], dtype="bool")
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, logits_to_keep=1, **model_inputs)
+    # Allocated once for the prompt and every new token: decode steps write in place
+    # instead of copying the whole cache.
+    cache = KVCache(model.config.num_hidden_layers, capacity=prompt_len + max_new_tokens) if use_cache else None
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=use_cache,
+        logits_to_keep=1,
+        **model_inputs,
+    )
     for step in range(max_new_tokens):
         logits = outputs.logits[:, -1, :].astype("float32")  # [B, vocab]
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)

@@ -52,6 +52,23 @@ def test_op_matches_float64_oracle(shape):
     assert err <= 1e-5, f"max abs error {err:.2e}"
 
 
+def test_op_reads_the_filled_prefix_of_a_preallocated_cache_in_place():
+    """k/v as ``buffer[:, :length]`` views (what a preallocated KVCache returns): sequences are
+    ``capacity`` rows apart, and the garbage after ``length`` must not be read."""
+    q, k, v = make(3, 8, 2, 64, 40)
+    capacity = 57
+    k_buffer = np.full((3, capacity, 2, 64), 1e4, dtype=np.float32)  # unfilled slots: huge
+    v_buffer = np.full((3, capacity, 2, 64), np.nan, dtype=np.float32)
+    k_buffer[:, :40], v_buffer[:, :40] = k, v
+    k_buffer, v_buffer = paddle.to_tensor(k_buffer), paddle.to_tensor(v_buffer)
+    k_view, v_view = k_buffer[:, :40], v_buffer[:, :40]
+    assert not k_view.is_contiguous()
+    with paddle.no_grad():
+        got = decode_attention(paddle.to_tensor(q), k_view, v_view, 0.125).numpy()
+    err = float(np.abs(got - oracle(q, k, v, 0.125)).max())
+    assert err <= 1e-5, f"max abs error {err:.2e}"
+
+
 def test_applies_only_to_cpu_float32_decode_without_gradient():
     q = paddle.zeros([1, 1, 4, 16])
     with paddle.no_grad():

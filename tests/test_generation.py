@@ -153,6 +153,8 @@ def test_generation_errors(models):
     inputs = gen_inputs(CASES[0][1])
     with pytest.raises(ValueError, match="exceeds the model's maximum of 4096 positions"):
         ours(model, inputs, max_new_tokens=5000)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+        ours(model, inputs, max_new_tokens=0)
     with pytest.raises(ValueError, match="decode_strategy 'beam_search' is not one of"):
         ours(model, inputs, decode_strategy="beam_search")
     batch = gen_inputs(CASES[5][1])

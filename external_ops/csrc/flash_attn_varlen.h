@@ -48,7 +48,8 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& s, const float* q,
 
 // Decode attention on the CPU, float32: one new query per sequence against its
 // whole cache, no mask. q and out [batch, heads, head_dim]; k and v
-// [batch, len, kv_heads, head_dim] (the KV cache layout); scores are
+// [batch, len, kv_heads, head_dim] (the KV cache layout), each sequence's rows
+// packed, sequences kv_batch_stride elements apart; scores are
 // (q . k) * softmax_scale, the softmax is taken over all len keys.
 struct DecodeAttnShape {
   int64_t batch;
@@ -56,6 +57,10 @@ struct DecodeAttnShape {
   int64_t kv_heads;
   int64_t head_dim;
   int64_t len;
+  // Elements from one sequence's cache to the next: len * kv_heads * head_dim
+  // for a packed cache, capacity * kv_heads * head_dim for the filled prefix
+  // of a preallocated one.
+  int64_t kv_batch_stride;
   float softmax_scale;
 };
 

@@ -571,7 +571,7 @@ PMQ_TARGET_CLONES void decode_attn_kernel(const DecodeAttnShape& sh,
   for (int64_t b = 0; b < sh.batch; ++b)
     for (int64_t hk = 0; hk < sh.kv_heads; ++hk) {
       const int64_t q_row = (b * sh.heads + hk * group) * sh.head_dim;
-      const int64_t kv_row = b * sh.len * stride + hk * sh.head_dim;
+      const int64_t kv_row = b * sh.kv_batch_stride + hk * sh.head_dim;
       decode_group<kNv>(q + q_row, k + kv_row, v + kv_row, out + q_row, group,
                         sh.len, stride, sh.softmax_scale, scores.data(),
                         len_padded);

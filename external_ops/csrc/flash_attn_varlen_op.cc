@@ -32,6 +32,19 @@ paddle::Tensor contiguous(const paddle::Tensor& t) {
   return t.is_contiguous() ? t : t.contiguous();
 }
 
+// t itself when each [len, kv_heads, head_dim] block of the 4-D t is packed
+// (any batch stride), else a contiguous copy.
+paddle::Tensor rows_packed(const paddle::Tensor& t) {
+  if (t.is_contiguous()) return t;
+  const auto& shape = t.shape();
+  const auto& strides = t.strides();
+  const bool packed = shape.size() == 4 && strides[3] == 1 &&
+                      strides[2] == shape[3] &&
+                      strides[1] == shape[2] * shape[3] &&
+                      strides[0] >= shape[1] * strides[1];
+  return packed ? t : t.contiguous();
+}
+
 // Checks shapes and cu_seqlens (values too when they live on the host) and
 // fills the kernel's shape description.
 VarlenAttnShape make_shape(const paddle::Tensor& q, const paddle::Tensor& k,
@@ -152,8 +165,10 @@ std::vector<paddle::Tensor> DecodeAttentionForward(const paddle::Tensor& q_in,
                                                    const paddle::Tensor& k_in,
                                                    const paddle::Tensor& v_in,
                                                    float softmax_scale) {
-  const paddle::Tensor q = contiguous(q_in), k = contiguous(k_in),
-                       v = contiguous(v_in);
+  // k/v may be the filled prefix of a preallocated cache, [batch, len, ...] of
+  // [batch, capacity, ...]: read in place, only the batch stride differs.
+  const paddle::Tensor q = contiguous(q_in), k = rows_packed(k_in),
+                       v = rows_packed(v_in);
   PD_CHECK(q.is_cpu() && k.is_cpu() && v.is_cpu(),
            "qwen25vl_decode_attention runs on the CPU only");
   PD_CHECK(q.dtype() == paddle::DataType::FLOAT32 && k.dtype() == q.dtype() &&
@@ -167,8 +182,10 @@ std::vector<paddle::Tensor> DecodeAttentionForward(const paddle::Tensor& q_in,
                k.shape()[2] > 0 && q.shape()[2] % k.shape()[2] == 0,
            "q and k/v disagree on batch, head_dim or head grouping");
   PD_CHECK(k.shape()[1] > 0, "the cache is empty");
+  PD_CHECK(k.strides()[0] == v.strides()[0],
+           "k and v must have the same batch stride");
   DecodeAttnShape sh{q.shape()[0], q.shape()[2], k.shape()[2], q.shape()[3],
-                     k.shape()[1], softmax_scale};
+                     k.shape()[1], k.strides()[0], softmax_scale};
   paddle::Tensor out =
       paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   PD_CHECK(decode_attn_fwd_cpu(sh, q.data<float>(), k.data<float>(),
