@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 
 __all__ = [
-    "rotate_half",
+    "signed_sin",
     "apply_rotary",
     "rotary_inv_freq",
     "vision_rotary_freqs",
@@ -36,15 +36,21 @@ def rotary_inv_freq(dim: int, theta: float) -> np.ndarray:
     return (1.0 / theta**exponent).astype(np.float32)
 
 
-def rotate_half(x: paddle.Tensor) -> paddle.Tensor:
-    """[x1, x2] -> [-x2, x1] over the last axis."""
-    half = x.shape[-1] // 2
-    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
+def signed_sin(sin: paddle.Tensor) -> paddle.Tensor:
+    """[s1, s2] -> [-s1, s2] over the last axis: the sine table :func:`apply_rotary` takes."""
+    half = sin.shape[-1] // 2
+    return paddle.concat([-sin[..., :half], sin[..., half:]], axis=-1)
 
 
-def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor) -> paddle.Tensor:
-    """x * cos + rotate_half(x) * sin; cos/sin must broadcast against x."""
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin_signed: paddle.Tensor) -> paddle.Tensor:
+    """x * cos + rotate_half(x) * sin, where rotate_half([x1, x2]) = [-x2, x1].
+
+    Computed as ``x * cos + roll(x, half) * signed_sin(sin)``: bit-identical (a sign moved from
+    x2 to s1), and one roll instead of two slices, a negation and a concat per call, with the
+    signed table built once per forward instead of per layer (a decode step's rotary is
+    dispatch-bound). cos/sin_signed must broadcast against x.
+    """
+    return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * sin_signed
 
 
 def vision_rotary_freqs(grid_thw: np.ndarray, head_dim: int, spatial_merge_size: int, theta: float = 10000.0) -> np.ndarray:
@@ -71,7 +77,8 @@ def vision_rotary_freqs(grid_thw: np.ndarray, head_dim: int, spatial_merge_size:
 def mrope_cos_sin(
     position_ids: paddle.Tensor, inv_freq: paddle.Tensor, mrope_section: Sequence[int], dtype: str
 ) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """cos/sin ``[B, L, head_dim]`` for MRoPE position ids ``[3, B, L]`` (T, H, W).
+    """cos and signed sin (:func:`signed_sin`) ``[B, L, head_dim]`` for MRoPE position ids
+    ``[3, B, L]`` (T, H, W), the tables :func:`apply_rotary` takes.
 
     Rotary frequency block j of ``mrope_section`` (e.g. [16, 24, 24]) takes its angle from
     position axis j, in both halves of the head dimension. Computed in float32.
@@ -80,7 +87,7 @@ def mrope_cos_sin(
     chunks = paddle.split(freqs, list(mrope_section), axis=-1)
     freqs = paddle.concat([chunk[axis] for axis, chunk in enumerate(chunks)], axis=-1)  # [B, L, head_dim // 2]
     emb = paddle.concat([freqs, freqs], axis=-1)  # [B, L, head_dim]
-    return emb.cos().astype(dtype), emb.sin().astype(dtype)
+    return emb.cos().astype(dtype), signed_sin(emb.sin()).astype(dtype)
 
 
 def rope_index(

@@ -64,7 +64,7 @@ class DecoderAttention(nn.Layer):
         self,
         hidden_states: paddle.Tensor,
         cos: paddle.Tensor,
-        sin: paddle.Tensor,
+        sin_signed: paddle.Tensor,
         layout: AttentionLayout,
         cache: Optional[KVCache],
     ) -> paddle.Tensor:
@@ -72,7 +72,7 @@ class DecoderAttention(nn.Layer):
         q = self.q_proj(hidden_states).reshape([batch, q_len, self.num_heads, self.head_dim])
         k = self.k_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
         v = self.v_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # cos/sin: [B, Lq, 1, head_dim]
+        q, k = apply_rotary(q, cos, sin_signed), apply_rotary(k, cos, sin_signed)  # cos/sin_signed: [B, Lq, 1, head_dim]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # [B, Lk, kv_heads, head_dim]
         if layout.implementation == "flash_attention_2":
@@ -104,11 +104,11 @@ class DecoderLayer(nn.Layer):
         self,
         hidden_states: paddle.Tensor,
         cos: paddle.Tensor,
-        sin: paddle.Tensor,
+        sin_signed: paddle.Tensor,
         layout: AttentionLayout,
         cache: Optional[KVCache],
     ) -> paddle.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, layout, cache)
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin_signed, layout, cache)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -176,13 +176,13 @@ class Qwen2_5_VLTextModel(nn.Layer):
             mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
             layout = AttentionLayout(implementation, mask=mask)
 
-        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, L, 1, head_dim]: broadcast over heads
+        cos, sin_signed = mrope_cos_sin(position_ids, self.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
+        cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, head_dim]: broadcast over heads
 
         hidden_states = inputs_embeds
         for layer in self.layers:
             if self.recompute and self.training:
-                hidden_states = recompute(layer, hidden_states, cos, sin, layout, None)
+                hidden_states = recompute(layer, hidden_states, cos, sin_signed, layout, None)
             else:
-                hidden_states = layer(hidden_states, cos, sin, layout, past_key_values)
+                hidden_states = layer(hidden_states, cos, sin_signed, layout, past_key_values)
         return self.norm(hidden_states), past_key_values

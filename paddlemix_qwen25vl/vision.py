@@ -18,7 +18,7 @@ from paddle.distributed.fleet.utils import recompute
 from .attention import varlen_attention
 from .configuration import Qwen2_5_VLVisionConfig
 from .layers import RMSNorm, SwiGLUMLP
-from .rope import apply_rotary, vision_rotary_freqs
+from .rope import apply_rotary, signed_sin, vision_rotary_freqs
 
 __all__ = ["Qwen2_5_VisionTransformer", "window_index"]
 
@@ -84,7 +84,7 @@ class VisionAttention(nn.Layer):
         hidden_states: paddle.Tensor,
         cu_seqlens: np.ndarray,
         cos: paddle.Tensor,
-        sin: paddle.Tensor,
+        sin_signed: paddle.Tensor,
         implementation: str,
     ) -> paddle.Tensor:
         seq_len = hidden_states.shape[0]
@@ -92,9 +92,9 @@ class VisionAttention(nn.Layer):
         # One copy to [3, N, heads, head_dim] so that q, k, v are contiguous: Paddle's CPU
         # elementwise kernels (the rotary below) run ~3x slower on the strided views of unbind(axis=1).
         q, k, v = qkv.transpose([1, 0, 2, 3]).contiguous().unbind(axis=0)  # each [N, heads, head_dim]
-        # Rotary in float32 whatever the compute dtype (cos/sin: [N, heads, head_dim]).
-        q = apply_rotary(q.astype("float32"), cos, sin).astype(v.dtype)
-        k = apply_rotary(k.astype("float32"), cos, sin).astype(v.dtype)
+        # Rotary in float32 whatever the compute dtype (cos/sin_signed: [N, heads, head_dim]).
+        q = apply_rotary(q.astype("float32"), cos, sin_signed).astype(v.dtype)
+        k = apply_rotary(k.astype("float32"), cos, sin_signed).astype(v.dtype)
         out = varlen_attention(q, k, v, cu_seqlens, cu_seqlens, implementation)  # [N, heads, head_dim]
         return self.proj(out.reshape([seq_len, -1]))
 
@@ -110,9 +110,9 @@ class VisionBlock(nn.Layer):
         self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act, bias=True)
 
     def forward(
-        self, hidden_states: paddle.Tensor, cu_seqlens: np.ndarray, cos: paddle.Tensor, sin: paddle.Tensor, implementation: str
+        self, hidden_states: paddle.Tensor, cu_seqlens: np.ndarray, cos: paddle.Tensor, sin_signed: paddle.Tensor, implementation: str
     ) -> paddle.Tensor:
-        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), cu_seqlens, cos, sin, implementation)
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), cu_seqlens, cos, sin_signed, implementation)
         return hidden_states + self.mlp(self.norm2(hidden_states))
 
 
@@ -184,7 +184,7 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         # Expanded to every head once for all blocks: Paddle's CPU elementwise kernels are ~3x
         # slower when they broadcast.
         cos = paddle.tile(emb.cos(), [1, self.config.num_heads, 1])  # [N, heads, head_dim]
-        sin = paddle.tile(emb.sin(), [1, self.config.num_heads, 1])
+        sin_signed = paddle.tile(signed_sin(emb.sin()), [1, self.config.num_heads, 1])  # the table apply_rotary takes
 
         # Full-attention blocks see whole frames: one sequence per (item, frame).
         frame_sizes = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
@@ -193,9 +193,9 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         for index, block in enumerate(self.blocks):
             cu_seqlens = cu_frames if index in self.config.fullatt_block_indexes else cu_window
             if self.recompute and self.training:
-                hidden_states = recompute(block, hidden_states, cu_seqlens, cos, sin, self.attn_implementation)
+                hidden_states = recompute(block, hidden_states, cu_seqlens, cos, sin_signed, self.attn_implementation)
             else:
-                hidden_states = block(hidden_states, cu_seqlens, cos, sin, self.attn_implementation)
+                hidden_states = block(hidden_states, cu_seqlens, cos, sin_signed, self.attn_implementation)
 
         merged = self.merger(hidden_states)  # [N / 4, out_hidden]
         return paddle.gather(merged, paddle.to_tensor(np.argsort(order)))
