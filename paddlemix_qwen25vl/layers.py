@@ -26,7 +26,7 @@ class RMSNorm(nn.Layer):
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         if hidden_states.dtype == paddle.float32 and not paddle.is_grad_enabled():
-            # Inference: Paddle's fused kernel is one op instead of five (a decode step's norms
+            # Inference: Paddle's fused kernel is one op instead of six (a decode step's norms
             # are dispatch-bound); it has no CPU backward, hence not under autograd.
             return fused_rms_norm(hidden_states, self.weight, None, self.variance_epsilon, hidden_states.ndim - 1)[0]
         input_dtype = hidden_states.dtype
