@@ -145,6 +145,8 @@ def _grouped_math(
     groups = heads // kv_heads
     q = q.reshape([batch, q_len, kv_heads, groups, head_dim]).transpose([0, 2, 3, 1, 4])
     q = q.reshape([batch, kv_heads, groups * q_len, head_dim])  # rows: (group, query)
+    if not k.is_contiguous():  # views of a preallocated cache: matmul reads strided inputs far slower
+        k, v = k.clone(), v.clone()
     k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, KVH, Lk, D]
     scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, KVH, G * Lq, Lk]
     if mask is not None:  # [B or 1, 1, Lq, Lk]: the same for every head
