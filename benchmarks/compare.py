@@ -687,7 +687,9 @@ def markdown_report(results: Dict[str, Any]) -> str:
         f"Machine: streaming read {_fmt(max(m['bandwidth_gb_s'].values()) if m.get('bandwidth_gb_s') else None, 1)} GB/s "
         f"(best of {', '.join(f'{k} {_fmt(v, 1)}' for k, v in m.get('bandwidth_gb_s', {}).items())}), "
         f"fp32 GEMM {_fmt(m.get('gemm_gflop_s'), 0)} GFLOP/s (paddle.matmul {m.get('gemm_n')}^3). "
-        f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up.",
+        f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up"
+        + (f" (PaddleFormers: {results.get('paddleformers_repeats', results['repeats'])})."
+           if any(r.get("impl") == "paddleformers" for r in results["rows"]) else "."),
         "",
         "| input | implementation | preprocess s | vision s | prefill s | prefill GFLOP/s | % GEMM peak "
         "| decode tok/s | % bandwidth bound | peak RSS GiB | prompt tokens | tokens = transformers' |",
@@ -810,6 +812,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--video_size", type=int, default=336)
     p.add_argument("--memory_sizes", type=int, nargs="*", default=[336, 672, 1008],
                    help="image sides for the vision-memory scaling check (empty: skip it)")
+    p.add_argument("--paddleformers_repeats", type=int, default=1,
+                   help="timed runs for PaddleFormers, which decodes without its KV cache (one run of 32 "
+                        "tokens takes 7-14 min here); its rates are 100x off, one run decides its comparisons")
     p.add_argument("--paddleformers_python", default="/tmp/pf_venv/bin/python",
                    help="interpreter of a venv with paddleformers 1.2.0 (see benchmarks/README.md)")
     p.add_argument("--bandwidth_gib", type=float, default=1.0)
@@ -840,7 +845,8 @@ def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> L
             if not (python and Path(python).exists() and _available("paddleformers", python)):
                 notes.append(f"PaddleFormers skipped: no paddleformers under {python} (see benchmarks/README.md)")
                 continue
-            impls.append({"impl": impl, "label": "paddleformers", "python": python})
+            impls.append({"impl": impl, "label": "paddleformers", "python": python,
+                          "repeats": args.paddleformers_repeats})
         else:
             impls += [{"impl": impl, "attn": a, "label": f"paddlemix-{a}"} for a in args.pm_attn]
     return [{**base, **i, "media": m} for m in args.media for i in impls]
@@ -865,7 +871,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     runs = plan_runs(args, checkpoint, notes)
     memory_impls = ["paddlemix"] + (["transformers"] if any(r["impl"] == "transformers" for r in runs) else [])
     results: Dict[str, Any] = {"config_name": name, "config": bench_config(name), "checkpoint": str(checkpoint),
-                               "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens,
+                               "threads": args.threads, "repeats": args.repeats,
+                               "paddleformers_repeats": args.paddleformers_repeats, "new_tokens": args.new_tokens,
                                "machine": {}, "rows": [], "vision_memory": {}, "notes": notes}
     progress = tqdm(total=1 + len(runs) + len(memory_impls) * len(args.memory_sizes), desc="compare", unit="run")
 

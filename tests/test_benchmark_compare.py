@@ -83,7 +83,7 @@ def _row(impl, label, prefill_s, decode_tok_s):
 def test_summary_targets_and_reports(tmp_path):
     results = {
         "config_name": "quick", "config": compare.bench_config("quick"), "threads": 2, "repeats": 3,
-        "new_tokens": 32, "notes": ["a note"],
+        "paddleformers_repeats": 1, "new_tokens": 32, "notes": ["a note"],
         "machine": {"bandwidth_gb_s": {"numpy": 10.0, "paddle": 12.0}, "gemm_gflop_s": 200.0, "gemm_n": 4096},
         "rows": [
             _row("paddlemix", "paddlemix-sdpa", 3.5, 3.5),
@@ -119,6 +119,19 @@ def test_summary_targets_and_reports(tmp_path):
     assert "transformers-sdpa (fastest)" in table and "paddlemix-flash_attention_2 (fastest)" in table
     assert "paddlemix-sdpa |" in table and "PASS" in table and "FAIL" in table
     assert "error: exit code 1: boom" in table and "a note" in table
+    assert "best of 3 timed runs after a warm-up (PaddleFormers: 1)." in table
+
+
+def test_paddleformers_runs_get_their_own_repeats(tmp_path, monkeypatch):
+    """PaddleFormers decodes without its KV cache (minutes per run): --paddleformers_repeats, not --repeats."""
+    python = tmp_path / "python"
+    python.write_text("")
+    args = compare.parse_args(["--repeats", "3", "--paddleformers_repeats", "1", "--paddleformers_python", str(python)])
+    monkeypatch.setattr(compare, "_available", lambda module, python=None: True)  # both peers "installed"
+    runs = compare.plan_runs(args, tmp_path, [])
+    repeats = {(r["impl"], r["media"]): r["repeats"] for r in runs}
+    assert repeats[("paddleformers", "image")] == repeats[("paddleformers", "video")] == 1
+    assert {v for (impl, _), v in repeats.items() if impl != "paddleformers"} == {3}
 
 
 @needs_transformers
