@@ -145,8 +145,6 @@ def _grouped_math(
     groups = heads // kv_heads
     q = q.reshape([batch, q_len, kv_heads, groups, head_dim]).transpose([0, 2, 3, 1, 4])
     q = q.reshape([batch, kv_heads, groups * q_len, head_dim])  # rows: (group, query)
-    if not k.is_contiguous():  # views of a preallocated cache: matmul reads strided inputs far slower
-        k, v = k.clone(), v.clone()
     k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, KVH, Lk, D]
     scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, KVH, G * Lq, Lk]
     if mask is not None:  # [B or 1, 1, Lq, Lk]: the same for every head
@@ -176,9 +174,12 @@ def dense_attention(
     operator, :func:`~paddlemix_qwen25vl.ops.decode_attention.decode_attention`, when it is built.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not _on_gpu(q)):
-        if mask is None and decode_attention_applies(q):  # a CPU decode step: the same math in one op
-            return decode_attention(q, k, v, scale)
+    grouped = implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not _on_gpu(q))
+    if grouped and mask is None and decode_attention_applies(q):  # a CPU decode step: the same math in one op
+        return decode_attention(q, k, v, scale)  # reads cache views in place
+    if not k.is_contiguous():  # views of a preallocated cache: Paddle's matmul reads strided inputs far slower
+        k, v = k.clone(), v.clone()
+    if grouped:
         return _grouped_math(q, k, v, mask, scale)
     if implementation == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, training=False)

@@ -36,6 +36,11 @@ class KVCache:
         and return everything cached so far, ``[B, L, kv_heads, head_dim]``."""
         start = self.lengths[layer_idx]
         end = start + key.shape[1]
+        if self.capacity is not None and end > self.capacity:
+            raise ValueError(
+                f"KVCache of capacity {self.capacity} tokens is full: layer {layer_idx} holds {start} "
+                f"and {key.shape[1]} more arrived"
+            )
         self.lengths[layer_idx] = end
         if self.capacity is None:
             if self.keys[layer_idx] is None:
@@ -44,12 +49,6 @@ class KVCache:
                 self.keys[layer_idx] = paddle.concat([self.keys[layer_idx], key], axis=1)
                 self.values[layer_idx] = paddle.concat([self.values[layer_idx], value], axis=1)
             return self.keys[layer_idx], self.values[layer_idx]
-        if end > self.capacity:
-            self.lengths[layer_idx] = start
-            raise ValueError(
-                f"KVCache of capacity {self.capacity} tokens is full: layer {layer_idx} holds {start} "
-                f"and {key.shape[1]} more arrived"
-            )
         if self.keys[layer_idx] is None:
             batch, _, kv_heads, head_dim = key.shape
             self.keys[layer_idx] = paddle.empty([batch, self.capacity, kv_heads, head_dim], dtype=key.dtype)
