@@ -7,6 +7,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.incubate.nn.functional import fused_rms_norm
 
+from .cpu import fused_rms_norm_allowed
 from .distributed.context import SINGLE, ParallelContext
 from .distributed.layers import ColumnParallelLinear, RowParallelLinear
 
@@ -25,9 +26,10 @@ class RMSNorm(nn.Layer):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        if hidden_states.dtype == paddle.float32 and not paddle.is_grad_enabled():
+        if hidden_states.dtype == paddle.float32 and not paddle.is_grad_enabled() and fused_rms_norm_allowed():
             # Inference: Paddle's fused kernel is one op instead of six (a decode step's norms
-            # are dispatch-bound); it has no CPU backward, hence not under autograd.
+            # are dispatch-bound); it has no CPU backward, hence not under autograd, and its CPU
+            # kernel needs AVX-512.
             return fused_rms_norm(hidden_states, self.weight, None, self.variance_epsilon, hidden_states.ndim - 1)[0]
         input_dtype = hidden_states.dtype
         low_precision = input_dtype != paddle.float32  # astype costs a Python call even when it is a no-op

@@ -1,0 +1,98 @@
+"""What this CPU can execute, checked at run time, and the one switch that caps it.
+
+Machines of the same kind differ: some have AVX-512, many only AVX2 + FMA (AMD servers
+before Zen 4, recent Intel client CPUs, many cloud VMs). Code that assumes an instruction
+set dies with "Illegal instruction" elsewhere: Paddle 3.3.1's fused RMSNorm CPU kernel, for
+one, executes AVX-512 without checking. So every fast path asks :func:`cpu_isa` first.
+
+``PADDLEMIX_CPU_ISA`` caps the instruction set this library's code paths use:
+
+* ``auto`` (or unset): the best the CPU has;
+* ``avx2``: what an AVX2-only machine runs (no Paddle fused kernels that need AVX-512, the
+  custom operators' AVX2 code), so an AVX-512 machine can test that path;
+* ``baseline``: plain x86-64 (the custom operators' SSE2 code);
+* ``avx512``: the same as ``auto`` on a CPU that has it (never more than the CPU has).
+
+The custom operators read the same variable at every call.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+__all__ = ["ISA_ENV", "ISA_LEVELS", "cpu_isa", "detected_isa", "cpu_description", "fused_rms_norm_allowed"]
+
+ISA_ENV = "PADDLEMIX_CPU_ISA"
+ISA_LEVELS = ("baseline", "avx2", "avx512")  # each a superset of the one before
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> dict:
+    """numpy's run-time CPU feature table (``{"AVX2": True, "AVX512F": False, ...}``)."""
+    try:
+        from numpy.core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy >= 2 moved it
+        from numpy._core._multiarray_umath import __cpu_features__
+    return dict(__cpu_features__)
+
+
+@functools.lru_cache(maxsize=None)
+def detected_isa() -> str:
+    """The best level of :data:`ISA_LEVELS` this CPU executes."""
+    import paddle
+
+    features = cpu_features()
+    if features.get("AVX512F") and paddle.base.core.supports_avx512f():
+        return "avx512"
+    if features.get("AVX2") and features.get("FMA3"):
+        return "avx2"
+    return "baseline"
+
+
+def cpu_isa() -> str:
+    """The instruction-set level to use: :func:`detected_isa`, capped by ``PADDLEMIX_CPU_ISA``."""
+    requested = os.environ.get(ISA_ENV, "").strip().lower()
+    detected = detected_isa()
+    if requested in ("", "auto"):
+        return detected
+    if requested not in ISA_LEVELS:
+        raise ValueError(f"{ISA_ENV}={requested!r} is not one of auto, {', '.join(reversed(ISA_LEVELS))}")
+    return min(requested, detected, key=ISA_LEVELS.index)
+
+
+def fused_rms_norm_allowed() -> bool:
+    """Paddle's fused RMSNorm CPU kernel executes AVX-512 unconditionally (SIGILL without it)."""
+    return cpu_isa() == "avx512"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_vendor_and_model() -> tuple:
+    """(vendor id, model name) from ``/proc/cpuinfo``; ``platform`` values elsewhere."""
+    vendor, model = "", platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "model name":
+                    model = value.strip()
+                    break
+    except OSError:
+        pass
+    return vendor, model
+
+
+def cpu_description() -> dict:
+    """What benchmarks record about the CPU: vendor, model, instruction sets, level in use."""
+    vendor, model = cpu_vendor_and_model()
+    features = cpu_features()
+    isa_features = ("SSE42", "AVX", "AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512_BF16", "AVX512_VNNI", "AMX_TILE")
+    return {
+        "vendor": vendor,
+        "model": model,
+        "instruction_sets": [name for name in isa_features if features.get(name)],
+        "isa_in_use": cpu_isa(),
+    }
