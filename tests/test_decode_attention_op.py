@@ -43,7 +43,7 @@ SHAPES = {  # (batch, heads, kv_heads, head_dim, cached keys)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
-def test_op_matches_float64_oracle(shape):
+def test_op_matches_float64_oracle(shape, cpu_level):
     q, k, v = make(*SHAPES[shape])
     scale = 1 / math.sqrt(q.shape[-1])
     with paddle.no_grad():
@@ -52,7 +52,7 @@ def test_op_matches_float64_oracle(shape):
     assert err <= 1e-5, f"max abs error {err:.2e}"
 
 
-def test_op_reads_the_filled_prefix_of_a_preallocated_cache_in_place():
+def test_op_reads_the_filled_prefix_of_a_preallocated_cache_in_place(cpu_level):
     """k/v as ``buffer[:, :length]`` views (what a preallocated KVCache returns): sequences are
     ``capacity`` rows apart, and the garbage after ``length`` must not be read."""
     q, k, v = make(3, 8, 2, 64, 40)

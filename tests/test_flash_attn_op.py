@@ -102,7 +102,7 @@ CASES = {
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_op_matches_float64_oracle(ops, case, causal):
+def test_op_matches_float64_oracle(ops, case, causal, cpu_level):
     lens_q, lens_k, heads, kv_heads, dim = CASES[case]
     q, k, v, dout, cu_q, cu_k = make_case(lens_q, lens_k, heads, kv_heads, dim)
     got = run_paddle(flash_attn_varlen_func, q, k, v, dout, cu_q, cu_k, causal)

@@ -15,24 +15,77 @@
 // x86-64 CPU without -march=native.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <limits>
 #include <new>
 #include <vector>
 
 #include "flash_attn_varlen.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__)
-#define PMQ_TARGET_CLONES \
-  __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+// Each hot function is written once as an always-inline body and compiled
+// three times by PMQ_ISA_VARIANTS; cpu_isa() picks the copy at every call from
+// what the CPU reports and the PADDLEMIX_CPU_ISA cap ("avx2", "baseline"),
+// so an AVX-512 machine can run, and test, what an AVX2-only machine runs.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PMQ_X86_ISAS 1
+#define PMQ_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define PMQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define PMQ_TARGET_CLONES
+#define PMQ_TARGET_AVX512
+#define PMQ_TARGET_AVX2
 #endif
 #define PMQ_INLINE inline __attribute__((always_inline))
 
 namespace pmq_ops {
 namespace {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detected_isa() {
+#ifdef PMQ_X86_ISAS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+// The level to run: the CPU's, capped by PADDLEMIX_CPU_ISA (the Python side
+// validates its value; anything else here means no cap).
+Isa cpu_isa() {
+  static const Isa detected = detected_isa();
+  const char* cap = std::getenv("PADDLEMIX_CPU_ISA");
+  Isa limit = Isa::kAvx512;
+  if (cap != nullptr && std::strcmp(cap, "baseline") == 0) limit = Isa::kBaseline;
+  if (cap != nullptr && std::strcmp(cap, "avx2") == 0) limit = Isa::kAvx2;
+  return std::min(detected, limit);
+}
+
+// name_avx512 / name_avx2 / name_baseline: the body `name` compiled per level.
+#define PMQ_ISA_VARIANTS(name)                                   \
+  template <typename... A>                                       \
+  PMQ_TARGET_AVX512 void name##_avx512(A&&... a) {               \
+    name(std::forward<A>(a)...);                                 \
+  }                                                              \
+  template <typename... A>                                       \
+  PMQ_TARGET_AVX2 void name##_avx2(A&&... a) {                   \
+    name(std::forward<A>(a)...);                                 \
+  }                                                              \
+  template <typename... A>                                       \
+  void name##_baseline(A&&... a) {                               \
+    name(std::forward<A>(a)...);                                 \
+  }
+#define PMQ_CALL_ISA(isa, name, ...)                         \
+  switch (isa) {                                             \
+    case Isa::kAvx512: name##_avx512(__VA_ARGS__); break;    \
+    case Isa::kAvx2: name##_avx2(__VA_ARGS__); break;        \
+    default: name##_baseline(__VA_ARGS__); break;            \
+  }
+
 
 constexpr int kLanes = 16;      // floats per vector register (AVX-512 width)
 constexpr int kBlockQ = 64;     // query rows per tile
@@ -301,8 +354,7 @@ struct FwdScratch {
 };
 
 // One (segment, head, query block) of the forward.
-PMQ_TARGET_CLONES
-void fwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
+PMQ_INLINE void fwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
               const float* v, const PackedKV& kv, float* out, float* lse,
               int64_t seg, int64_t head, int64_t qblock, FwdScratch& ws) {
   const int64_t dim = sh.head_dim, dp = ws.dp;
@@ -412,8 +464,7 @@ struct BwdScratch {
 // blocks outside, query blocks inside). dq of this head is owned by this unit;
 // dk/dv go to `dk_out`/`dv_out`, laid out [total_k, dk_heads, head_dim] where
 // dk_heads is kv_heads (no GQA) or heads (GQA partials, summed by the caller).
-PMQ_TARGET_CLONES
-void bwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
+PMQ_INLINE void bwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
               const float* v, const float* out, const float* dout,
               const float* lse, float* dq, float* dk_out, float* dv_out,
               int64_t dk_heads, int64_t seg, int64_t head, BwdScratch& ws) {
@@ -561,9 +612,9 @@ PMQ_INLINE void decode_group(const float* q, const float* k, const float* v,
 }
 
 template <int kNv>
-PMQ_TARGET_CLONES void decode_attn_kernel(const DecodeAttnShape& sh,
-                                          const float* q, const float* k,
-                                          const float* v, float* out) {
+PMQ_INLINE void decode_attn_kernel(std::integral_constant<int, kNv>,
+                                   const DecodeAttnShape& sh, const float* q,
+                                   const float* k, const float* v, float* out) {
   const int64_t group = sh.heads / sh.kv_heads;
   const int64_t stride = sh.kv_heads * sh.head_dim;
   const int64_t len_padded = round_up(sh.len, kLanes);
@@ -577,6 +628,9 @@ PMQ_TARGET_CLONES void decode_attn_kernel(const DecodeAttnShape& sh,
                         len_padded);
     }
 }
+PMQ_ISA_VARIANTS(fwd_unit)
+PMQ_ISA_VARIANTS(bwd_unit)
+PMQ_ISA_VARIANTS(decode_attn_kernel)
 }  // namespace
 
 void varlen_attn_fwd_cpu(const VarlenAttnShape& sh, const float* q,
@@ -592,6 +646,7 @@ void varlen_attn_fwd_cpu(const VarlenAttnShape& sh, const float* q,
   }
   const int64_t units = unit_start[sh.batch];
   const PackedKV kv(sh, k, v);
+  const Isa isa = cpu_isa();
 #pragma omp parallel
   {
     FwdScratch ws(sh.head_dim);
@@ -601,8 +656,8 @@ void varlen_attn_fwd_cpu(const VarlenAttnShape& sh, const float* q,
           std::upper_bound(unit_start.begin(), unit_start.end(), u) -
           unit_start.begin() - 1;
       const int64_t local = u - unit_start[b];
-      fwd_unit(sh, q, k, v, kv, out, lse, b, local % sh.heads,
-               local / sh.heads, ws);
+      PMQ_CALL_ISA(isa, fwd_unit, sh, q, k, v, kv, out, lse, b,
+                   local % sh.heads, local / sh.heads, ws);
     }
   }
 }
@@ -636,6 +691,7 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& sh, const float* q,
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return cost(a) > cost(b); });
   const int64_t units = static_cast<int64_t>(order.size());
+  const Isa isa = cpu_isa();
   // Scratch is sized from cu_seqlens, not from the caller's max_seqlen_q.
   int64_t longest_q = 0;
   for (int64_t b = 0; b < sh.batch; ++b)
@@ -647,9 +703,9 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& sh, const float* q,
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < units; ++i) {
       const int64_t u = order[i];
-      bwd_unit(sh, q, k, v, out, dout, lse, dq, dk_dst, dv_dst,
-               group > 1 ? sh.heads : sh.kv_heads, u / sh.heads, u % sh.heads,
-               ws);
+      PMQ_CALL_ISA(isa, bwd_unit, sh, q, k, v, out, dout, lse, dq, dk_dst,
+                   dv_dst, group > 1 ? sh.heads : sh.kv_heads, u / sh.heads,
+                   u % sh.heads, ws);
     }
   }
   if (group > 1) {
@@ -679,11 +735,12 @@ bool decode_attn_fwd_cpu(const DecodeAttnShape& sh, const float* q,
   // One thread: a step attends over ~1 MB of cache per layer in tens of
   // microseconds, less than what waking a thread team costs.
   if (sh.head_dim % kLanes != 0) return false;
+  const Isa isa = cpu_isa();
   switch (sh.head_dim / kLanes) {
-    case 1: decode_attn_kernel<1>(sh, q, k, v, out); return true;
-    case 2: decode_attn_kernel<2>(sh, q, k, v, out); return true;
-    case 4: decode_attn_kernel<4>(sh, q, k, v, out); return true;
-    case 8: decode_attn_kernel<8>(sh, q, k, v, out); return true;
+    case 1: PMQ_CALL_ISA(isa, decode_attn_kernel, std::integral_constant<int, 1>{}, sh, q, k, v, out); return true;
+    case 2: PMQ_CALL_ISA(isa, decode_attn_kernel, std::integral_constant<int, 2>{}, sh, q, k, v, out); return true;
+    case 4: PMQ_CALL_ISA(isa, decode_attn_kernel, std::integral_constant<int, 4>{}, sh, q, k, v, out); return true;
+    case 8: PMQ_CALL_ISA(isa, decode_attn_kernel, std::integral_constant<int, 8>{}, sh, q, k, v, out); return true;
     default: return false;
   }
 }
