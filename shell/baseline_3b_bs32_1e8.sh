@@ -1,7 +1,13 @@
-#!/usr/bin/env bash
-# Qwen2.5-VL 3B-Instruct full fine-tuning, global batch 32, sharding stage2. See shell/baseline_common.sh for the overridable variables.
-MODE=full
-SHARDING=${SHARDING-stage2}
-MODEL=${MODEL:-Qwen/Qwen2.5-VL-3B-Instruct}
-LR=${LR:-1e-5}
-source "$(dirname "$0")/baseline_common.sh" "$@"
+#!/bin/sh
+# baseline_3b_bs32_1e8.sh: Qwen2.5-VL-3B-Instruct full fine-tuning (LLM trained; ViT and merger frozen), global batch 32, sharding stage2.
+# Overridable variables and the CPU form: shell/baseline_common.sh.
+RECIPE_MODE=full
+RECIPE_GPUS=8
+RECIPE_BATCH_SIZE=32
+RECIPE_PER_DEVICE_BATCH_SIZE=2
+RECIPE_MODEL=Qwen/Qwen2.5-VL-3B-Instruct
+RECIPE_OUTPUT_DIR=work_dirs/baseline_330k_3b_bs32_1e8
+RECIPE_IMAGE_RESOLUTION=768
+RECIPE_SHARDING=stage2
+RECIPE_LAUNCH=distributed
+. "$(dirname "$0")/baseline_common.sh"

@@ -1,56 +1,111 @@
-#!/usr/bin/env bash
-# Shared launcher of the baseline_*.sh fine-tuning scripts (source it; do not run it directly).
-# The caller sets MODE (full | lora), SHARDING (stage2 | stage3 | ""), default MODEL and LR;
-# GPUS, BATCH_SIZE, PER_DEVICE_BATCH_SIZE, tensor_parallel_degree, MODEL, META_PATH,
-# OUTPUT_DIR and LR can be overridden from the environment; extra arguments are passed on.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Shared body of the shell/baseline_*.sh fine-tuning recipes (PaddleMIX's, flag for flag).
+# POSIX sh (runs the same under dash and bash); each recipe sets its RECIPE_* values and
+# sources this file with `.`, which sees the recipe's own arguments in "$@".
+#
+# Environment overrides (PaddleMIX's): GPUS, BATCH_SIZE, PER_DEVICE_BATCH_SIZE,
+# tensor_parallel_degree; and ours: MODEL, META_PATH, OUTPUT_DIR, LR, DEVICE=cpu (run the CPU
+# form on a GPU machine), DRY_RUN=1 (print the training command's arguments, one per line, and
+# stop). Extra arguments go to examples/qwen2_5_vl_finetune.py after the recipe's, so they
+# override it (e.g. --max_steps 100). Relative paths are taken from the repository root.
+#
+# Without a GPU the same recipe runs as one CPU process (instead of paddle.distributed.launch
+# over GPUS devices), with the global batch kept by gradient accumulation; the training script
+# switches off, each with a NOTICE, what needs GPUs: sharding, bf16 and master gradients.
+set -eu
+cd "$(dirname "$0")/.."
 
-GPUS=${GPUS:-8}
-BATCH_SIZE=${BATCH_SIZE:-32}
-PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-1}
+GPUS=${GPUS:-$RECIPE_GPUS}
+BATCH_SIZE=${BATCH_SIZE:-$RECIPE_BATCH_SIZE}
+PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-$RECIPE_PER_DEVICE_BATCH_SIZE}
 tensor_parallel_degree=${tensor_parallel_degree:-1}
+MODEL=${MODEL:-$RECIPE_MODEL}
 META_PATH=${META_PATH:-configs/baseline_6data_330k.json}
-OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/$(basename "$0" .sh)}
+OUTPUT_DIR=${OUTPUT_DIR:-$RECIPE_OUTPUT_DIR}
+LR=${LR:-1e-8}
 
-if [ "${MODE}" = "lora" ]; then
-  TRAIN_FLAGS=(--lora --lora_rank 8 --lora_alpha 32 --lora_dropout 0.05 --freeze_vit --tune_mm_mlp)
+export PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
+export MASTER_PORT=34229
+export TF_CPP_MIN_LOG_LEVEL=3
+
+ON_GPU=0
+if [ "${DEVICE:-}" != cpu ] && python -c "import paddle, sys; sys.exit(0 if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; then
+    ON_GPU=1
+fi
+if [ "$ON_GPU" = 0 ]; then
+    if [ "$GPUS" -gt 1 ]; then
+        echo "NOTICE: no GPU found: one CPU process instead of paddle.distributed.launch over GPUS=$GPUS;" \
+             "the global batch stays $BATCH_SIZE through gradient accumulation" >&2
+    fi
+    echo "NOTICE: no GPU found: training on CPU; sharding '$RECIPE_SHARDING', bf16 and --amp_master_grad" \
+         "are switched off by the training script" >&2
+    GPUS=1
+fi
+GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / GPUS))
+GRADIENT_ACC=$((GRADIENT_ACC > 0 ? GRADIENT_ACC : 1))
+sharding_parallel_degree=$((GPUS / tensor_parallel_degree))
+
+if [ "$RECIPE_MODE" = lora ]; then
+    set -- --lora True --lora_rank="$RECIPE_LORA_RANK" --lora_alpha="$RECIPE_LORA_ALPHA" --lora_dropout=0.0 \
+        --lora_target_modules="model.layers.*q_proj.*,model.layers.*k_proj.*,model.layers.*v_proj.*,model.layers.*gate_proj.*,model.layers.*up_proj.*,model.layers.*down_proj.*,model.layers.*o_proj.*" \
+        "$@"
+fi
+set -- \
+    --do_train \
+    --model_name_or_path "$MODEL" \
+    --output_dir "$OUTPUT_DIR" \
+    --logging_dir "$OUTPUT_DIR/logs" \
+    --meta_path "$META_PATH" \
+    --overwrite_output_dir True \
+    --dataloader_num_workers 8 \
+    --bf16 True \
+    --fp16 False \
+    --fp16_opt_level "O2" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH_SIZE" \
+    --gradient_accumulation_steps "$GRADIENT_ACC" \
+    --freeze_vit True \
+    --max_seq_length 8192 \
+    --image_resolution "$RECIPE_IMAGE_RESOLUTION" \
+    --recompute False \
+    --max_grad_norm 1.0 \
+    --evaluation_strategy "no" \
+    --save_strategy "steps" \
+    --save_steps 1000 \
+    --save_total_limit 1 \
+    --learning_rate "$LR" \
+    --warmup_ratio 0.1 \
+    --warmup_steps 100 \
+    --weight_decay 0.1 \
+    --optim "adamw" \
+    --lr_scheduler_type "cosine" \
+    --logging_steps 1 \
+    --report_to "visualdl" \
+    --tensor_parallel_degree="$tensor_parallel_degree" \
+    --sharding_parallel_degree="$sharding_parallel_degree" \
+    --pipeline_parallel_degree=1 \
+    --sep_parallel_degree=1 \
+    --sharding="$RECIPE_SHARDING" \
+    --amp_master_grad=1 \
+    --hybrid_parallel_topo_order="sharding_first" \
+    "$@"
+
+if [ -n "${DRY_RUN:-}" ]; then
+    printf '%s\n' "$@"
+    exit 0
+fi
+if [ "$ON_GPU" = 1 ] && [ "$RECIPE_LAUNCH" = distributed ]; then
+    set -- python -m paddle.distributed.launch --master 127.0.0.1:8080 --nnodes 1 --nproc_per_node "$GPUS" \
+        --rank 0 --ips 127.0.0.1 --run_mode=collective --log_dir "$OUTPUT_DIR/paddle_distributed_logs" \
+        examples/qwen2_5_vl_finetune.py "$@"
 else
-  TRAIN_FLAGS=(--freeze_vit --tune_mm_mlp --recompute)
+    set -- python examples/qwen2_5_vl_finetune.py "$@"
 fi
 
-if python -c "import paddle, sys; sys.exit(0 if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; then
-  VISIBLE=$(python -c "import paddle; print(paddle.device.cuda.device_count())")
-  GPUS=$(( GPUS < VISIBLE ? GPUS : VISIBLE ))
-  LAUNCH=(python -m paddle.distributed.launch --devices "$(seq -s, 0 $((GPUS - 1)))")
-  PRECISION=(--bf16 --fp16_opt_level O2)
-  SHARDING_FLAGS=()
-  if [ -n "${SHARDING}" ] && [ "${GPUS}" -gt 1 ]; then
-    SHARDING_FLAGS=(--sharding "${SHARDING}" --sharding_parallel_degree $((GPUS / tensor_parallel_degree)))
-  fi
-else
-  echo "NOTICE: no GPU found: running the same training on CPU, one process, float32, without sharding" \
-       "(GPUS=${GPUS}, sharding '${SHARDING}' and bf16 are ignored here)." >&2
-  GPUS=1
-  LAUNCH=(python)
-  PRECISION=()
-  SHARDING_FLAGS=()
-fi
-DATA_PARALLEL=$(( GPUS / tensor_parallel_degree ))
-ACCUMULATION=$(( BATCH_SIZE / (PER_DEVICE_BATCH_SIZE * DATA_PARALLEL) ))
-ACCUMULATION=$(( ACCUMULATION > 0 ? ACCUMULATION : 1 ))
-echo "Training ${MODE} ${MODEL}: ${GPUS} device(s), batch ${BATCH_SIZE} = ${PER_DEVICE_BATCH_SIZE} x ${DATA_PARALLEL} x ${ACCUMULATION} accumulation, lr ${LR}, output ${OUTPUT_DIR}"
-
-"${LAUNCH[@]}" examples/qwen2_5_vl_finetune.py \
-  --model_name_or_path "${MODEL}" \
-  --meta_path "${META_PATH}" \
-  --output_dir "${OUTPUT_DIR}" \
-  --per_device_train_batch_size "${PER_DEVICE_BATCH_SIZE}" \
-  --gradient_accumulation_steps "${ACCUMULATION}" \
-  --tensor_parallel_degree "${tensor_parallel_degree}" \
-  --learning_rate "${LR}" \
-  --warmup_ratio 0.03 --lr_scheduler_type cosine --weight_decay 0.1 \
-  --num_train_epochs 1 --max_seq_length 8192 --image_resolution 512 \
-  --logging_steps 1 --save_steps 1000 --save_total_limit 1 \
-  --dataloader_num_workers 1 --seed 42 --report_to none \
-  "${TRAIN_FLAGS[@]}" "${PRECISION[@]}" "${SHARDING_FLAGS[@]}" "$@"
+mkdir -p "$OUTPUT_DIR"
+echo "+ $*" >&2
+# POSIX sh has no pipefail: the training's exit status goes through a file past tee.
+STATUS_FILE=$(mktemp)
+{ "$@" && echo 0 >"$STATUS_FILE" || echo $? >"$STATUS_FILE"; } 2>&1 | tee -a "$OUTPUT_DIR/training_log.txt"
+STATUS=$(cat "$STATUS_FILE")
+rm -f "$STATUS_FILE"
+exit "$STATUS"

@@ -7,7 +7,9 @@ Two record formats are accepted (both may omit media, i.e. text-only):
 - conversations: ``{"image" | "video": str or list, "conversations":
   [{"from": "system"|"human"|"gpt", "value": str}]}``
 
-Media are placed where the ``<image>`` / ``<video>`` tags stand, one tag per file, in order.
+Media are placed where the ``<image>`` / ``<video>`` tags stand, one tag per file, in order;
+a record with files but no tag of their kind gets the tags put at the start of its first
+user turn (as PaddleMIX does for images), one line each.
 Only assistant replies, their ``<|im_end|>`` and the newline after it are supervised.
 """
 
@@ -73,9 +75,21 @@ def parse_record(record: Dict[str, Any]) -> Conversation:
         raise RecordError("no assistant reply to learn from")
     for tag, files in ((IMAGE_TAG, images), (VIDEO_TAG, videos)):
         tags = sum(t.content.count(tag) for t in turns)
+        if tags == 0 and files:
+            _prepend_tags(turns, tag, len(files))
+            tags = len(files)
         if tags != len(files):
             raise RecordError(f"{tags} {tag} tag(s) but {len(files)} {tag[1:-1]} file(s)")
     return Conversation(turns, images, videos)
+
+
+def _prepend_tags(turns: List[Turn], tag: str, count: int) -> None:
+    """Put ``count`` media tags at the start of the first user turn."""
+    for turn in turns:
+        if turn.role == "user":
+            turn.content = f"{tag}\n" * count + turn.content
+            return
+    raise RecordError(f"{count} {tag[1:-1]} file(s) but no user turn to put them in")
 
 
 def encode_conversation(

@@ -1,9 +1,12 @@
 """SFT data: the --meta_path file, annotation files, and the lazy training dataset.
 
-``--meta_path`` is a JSON object ``{name: {"annotation": path, "data_root": dir,
-"repeat_time": k}}``. ``data_root`` defaults to the annotation file's folder (PaddleMIX's
-``root`` is accepted as a synonym); relative paths are taken from the meta file's folder.
-``repeat_time`` 2.5 uses every record twice plus a seeded half of them; 0.3 a seeded 30%.
+``--meta_path`` is a JSON object ``{name: {"annotation": path, "repeat_time": k[,
+"data_root": dir]}}`` (PaddleMIX's; ``root`` is accepted for ``data_root``). As in PaddleMIX,
+relative paths (the meta file, each ``annotation``, each media path) are taken from the
+working directory; a path not found there is also looked for beside the meta file (an
+annotation) or the annotation file (media). An explicit ``data_root`` is joined to every
+relative media path. ``repeat_time`` 2.5 uses every record twice plus a seeded half of them;
+0.3 a seeded 30%.
 
 Annotation files are a JSON list or JSON lines. Records are parsed when they are read
 (``__getitem__``), so media are decoded only for the samples a step actually uses.
@@ -38,12 +41,21 @@ class DatasetSpec:
 
     name: str
     annotation: str
-    data_root: str
+    data_root: str  # the explicit data_root, else the annotation file's folder
     repeat_time: float = 1.0
+    root_given: bool = False  # data_root was in the meta file: media paths are joined to it
+
+
+def _existing(path: str, fallback_dir: str) -> str:
+    """``path`` as given (relative to the working directory, as PaddleMIX reads it) when it
+    exists, else relative to ``fallback_dir``."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return os.path.abspath(path)
+    return os.path.join(fallback_dir, path)
 
 
 def load_meta(meta_path: str) -> List[DatasetSpec]:
-    """Parse a meta file; relative paths are resolved against its folder."""
+    """Parse a meta file; relative paths: the working directory, else the meta file's folder."""
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     if not isinstance(meta, dict) or not meta:
@@ -53,13 +65,18 @@ def load_meta(meta_path: str) -> List[DatasetSpec]:
     for name, entry in meta.items():
         if "annotation" not in entry:
             raise ValueError(f"{meta_path}: dataset {name!r} has no 'annotation'")
-        annotation = os.path.join(base, entry["annotation"])
+        annotation = _existing(entry["annotation"], base)
+        if not os.path.exists(annotation):
+            raise FileNotFoundError(
+                f"{meta_path}: dataset {name!r}: annotation {entry['annotation']!r} not found in the working "
+                f"directory {os.getcwd()!r} nor beside the meta file"
+            )
         root = entry.get("data_root", entry.get("root"))
-        data_root = os.path.join(base, root) if root is not None else os.path.dirname(annotation)
+        data_root = _existing(root, base) if root is not None else os.path.dirname(annotation)
         repeat = float(entry.get("repeat_time", 1.0))
         if repeat <= 0:
             raise ValueError(f"{meta_path}: dataset {name!r} has repeat_time {repeat}; it must be > 0")
-        specs.append(DatasetSpec(name, annotation, data_root, repeat))
+        specs.append(DatasetSpec(name, annotation, data_root, repeat, root_given=root is not None))
     return specs
 
 
@@ -80,18 +97,30 @@ def read_annotation(path: str) -> List[Any]:
     return records
 
 
-def build_index(specs: Sequence[DatasetSpec], seed: int = 42) -> List[Tuple[int, int]]:
-    """``(dataset number, record number)`` pairs after applying every ``repeat_time``."""
+def _repeat(count: int, times: float, rng: np.random.Generator) -> List[int]:
+    """Record numbers ``0..count-1`` taken ``times`` times (the fraction: a seeded subset)."""
+    whole, fraction = int(times), times - int(times)
+    picked = list(range(count)) * whole
+    if fraction > 0:
+        picked += sorted(rng.choice(count, size=int(math.ceil(fraction * count)), replace=False).tolist())
+    return picked
+
+
+def build_index(specs: Sequence[DatasetSpec], seed: int = 42, resample: bool = False) -> List[Tuple[int, int]]:
+    """``(dataset number, record number)`` pairs after applying every ``repeat_time``.
+
+    ``resample`` (``--use_data_resampling``, PaddleMIX's weighting): the total stays the same
+    but dataset i gets a share proportional to sqrt(n_i) of it, n_i its size after
+    ``repeat_time`` (small datasets are repeated, large ones subsampled, seeded).
+    """
     rng = np.random.default_rng(seed)
-    index: List[Tuple[int, int]] = []
-    for number, spec in enumerate(specs):
-        count = len(read_annotation(spec.annotation))
-        whole, fraction = int(spec.repeat_time), spec.repeat_time - int(spec.repeat_time)
-        picked = list(range(count)) * whole
-        if fraction > 0:
-            picked += sorted(rng.choice(count, size=int(math.ceil(fraction * count)), replace=False).tolist())
-        index += [(number, record) for record in picked]
-    return index
+    picked = [_repeat(len(read_annotation(spec.annotation)), spec.repeat_time, rng) for spec in specs]
+    if resample:
+        weights = np.sqrt([len(p) for p in picked])
+        total = sum(len(p) for p in picked)
+        picked = [[p[i] for i in _repeat(len(p), total * w / weights.sum() / len(p), rng)] if p else p
+                  for p, w in zip(picked, weights)]
+    return [(number, record) for number, records in enumerate(picked) for record in records]
 
 
 class DataStats:
@@ -152,10 +181,14 @@ class SFTDataset:
         image_resolution: Optional[int] = None,
         strict: bool = False,
         seed: int = 42,
+        video_resolution: Optional[int] = None,
+        video_fps: Optional[float] = None,
+        video_maxlen: Optional[int] = None,
+        resample: bool = False,
     ) -> None:
         self.specs = load_meta(meta_path)
         self.records = [read_annotation(spec.annotation) for spec in self.specs]
-        self.index = build_index(self.specs, seed)
+        self.index = build_index(self.specs, seed, resample)
         if not self.index:
             raise ValueError(f"{meta_path}: the datasets hold no records")
         self.tokenizer = processor.tokenizer
@@ -163,6 +196,7 @@ class SFTDataset:
         self.config = config
         self.max_seq_length = max_seq_length
         self.image_resolution = image_resolution
+        self.video_resolution, self.video_fps, self.video_maxlen = video_resolution, video_fps, video_maxlen
         self.strict = strict
         self.stats = DataStats()
         self._vision_ids = {config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id}
@@ -200,13 +234,13 @@ class SFTDataset:
         if isinstance(record, Exception):
             raise record
         conversation = parse_record(record)
-        root = self.specs[number].data_root
+        spec = self.specs[number]
         sample: Dict[str, np.ndarray] = {}
         image_tokens: List[int] = []
         video_tokens: List[int] = []
         merge = self.image_processor.merge_size ** 2
         if conversation.images:
-            images = [self._load_image(self._path(root, path)) for path in conversation.images]
+            images = [self._load_image(self._path(spec, path)) for path in conversation.images]
             out = self.image_processor(images=images, return_tensors="np")
             sample["pixel_values"], sample["image_grid_thw"] = out["pixel_values"], out["image_grid_thw"]
             image_tokens = (out["image_grid_thw"].prod(axis=1) // merge).tolist()
@@ -214,7 +248,7 @@ class SFTDataset:
         if conversation.videos:
             clips = []
             for path in conversation.videos:
-                frames, fps = self._load_video(self._path(root, path))
+                frames, fps = self._load_video(self._path(spec, path))
                 clips.append(frames)
                 seconds.append(self.image_processor.temporal_patch_size / float(fps))
             out = self.image_processor(videos=clips, return_tensors="np")
@@ -254,10 +288,14 @@ class SFTDataset:
         return positions[:, 0]
 
     @staticmethod
-    def _path(root: str, path: str) -> str:
+    def _path(spec: DatasetSpec, path: str) -> str:
+        """A media path of a record: URLs and absolute paths as they are; relative ones joined to
+        an explicit data_root, else from the working directory or the annotation's folder."""
         if "://" in path or path.startswith("data:") or os.path.isabs(path):
             return path
-        return os.path.join(root, path)
+        if spec.root_given:
+            return os.path.join(spec.data_root, path)
+        return _existing(path, spec.data_root)
 
     def _load_image(self, path: str) -> Image.Image:
         """Decoded image, its longer side scaled down to ``image_resolution`` (then the processor's rounding)."""
@@ -270,10 +308,15 @@ class SFTDataset:
                             "min_pixels": self.image_processor.min_pixels})
 
     def _load_video(self, path: str) -> Tuple[np.ndarray, float]:
-        """Sampled frames and their fps; ``image_resolution`` caps each frame at resolution**2 pixels."""
+        """Sampled frames (``video_fps`` per second, at most ``video_maxlen``) and their fps;
+        ``video_resolution`` caps each frame at resolution**2 pixels."""
         item: Dict[str, Any] = {"video": path}
-        if self.image_resolution:
-            item["max_pixels"] = min(VIDEO_MAX_PIXELS, self.image_resolution ** 2)
+        if self.video_resolution:
+            item["max_pixels"] = min(VIDEO_MAX_PIXELS, self.video_resolution ** 2)
+        if self.video_fps:
+            item["fps"] = self.video_fps
+        if self.video_maxlen:
+            item["max_frames"] = self.video_maxlen
         if not os.path.exists(path) and "://" not in path:
             raise FileNotFoundError(f"no such video file: {path}")
         return fetch_video(item, return_video_sample_fps=True)
