@@ -14,12 +14,9 @@ from .processing import (
     smart_nframes,
     smart_resize,
 )
-from .runtime import set_num_threads
+from .runtime import prepare_cpu, set_num_threads
 
 __version__ = "0.1.0"
-
-# Paddle runs CPU kernels on one thread unless told otherwise; use the machine's cores.
-set_num_threads()
 
 __all__ = [
     "Qwen2_5_VLConfig",
@@ -29,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "config_preset",
     "resolve_model_path",
+    "prepare_cpu",
     "set_num_threads",
     "MIXQwen2_5_Tokenizer",
     "Qwen2_5_VLImageProcessor",

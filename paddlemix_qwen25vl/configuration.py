@@ -14,13 +14,15 @@ from typing import Any, Dict, List, Optional
 
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
+from .resources import resource_path
+
 __all__ = ["Qwen2_5_VLVisionConfig", "Qwen2_5_VLConfig", "config_preset", "PRESETS"]
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Named presets: the released config.json files shipped in configs/.
 PRESETS = {"3B": "qwen2_5_vl_3b", "7B": "qwen2_5_vl_7b", "72B": "qwen2_5_vl_72b"}
-_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_CONFIGS_DIR = str(resource_path("configs"))
 
 
 class Qwen2_5_VLVisionConfig(PretrainedConfig):

@@ -2,8 +2,9 @@
 and the demo image and video, so that every script runs offline with no real weights.
 
 The checkpoint is built on first use (seeded, so every machine builds the same weights) in
-``$PADDLEMIX_DEMO_DIR`` or ``~/.cache/paddlemix_qwen25vl/``. When the repository ships trained
-demo weights (``examples/assets/demo_weights``), those are used instead of the random initialisation.
+``$PADDLEMIX_DEMO_DIR`` or ``~/.cache/paddlemix_qwen25vl/``. When the package ships trained
+demo weights (``examples/assets/demo_weights``, see :mod:`.resources`), those are used instead of
+the random initialisation.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import paddle
 from tqdm.auto import tqdm
 
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
+from .resources import resource_path
 
 __all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "DEMO_QUESTION", "resolve_model_or_demo"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_ASSETS = os.path.join(REPO_ROOT, "examples", "assets")
+DEMO_ASSETS = str(resource_path("examples/assets"))
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
 DEMO_IMAGE_2 = os.path.join(DEMO_ASSETS, "demo_image2.png")
 DEMO_VIDEO = os.path.join(DEMO_ASSETS, "demo_video.mp4")

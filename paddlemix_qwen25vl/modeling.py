@@ -29,7 +29,7 @@ from .distributed.layers import ColumnParallelLinear, TiedLMHead, split_axes
 from .generation import generate
 from .loading import TensorSlicing, load_weights, resolve_model_path, save_weights
 from .rope import rope_index
-from .runtime import resolve_dtype
+from .runtime import prepare_cpu, resolve_dtype
 from .text import Qwen2_5_VLTextModel
 from .vision import Qwen2_5_VisionTransformer
 
@@ -300,6 +300,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if os.path.exists(generation_file):
             model.generation_config = GenerationConfig.from_pretrained(path)
         model.eval()
+        prepare_cpu()  # threads, and MKL's fast path on AMD CPUs, before the first matmul
         return model
 
     @classmethod

@@ -8,7 +8,9 @@ from typing import Optional
 
 import paddle
 
-__all__ = ["set_num_threads", "default_num_threads", "resolve_dtype", "set_device", "on_gpu", "DTYPES"]
+from .cpu import enable_fast_mkl_on_amd
+
+__all__ = ["prepare_cpu", "set_num_threads", "default_num_threads", "resolve_dtype", "set_device", "on_gpu", "DTYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -17,22 +19,40 @@ _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "hal
 
 
 def default_num_threads() -> int:
-    """Threads for CPU kernels: ``PADDLEMIX_NUM_THREADS`` or ``OMP_NUM_THREADS`` if set, else every usable core."""
+    """Threads for CPU kernels: ``PADDLEMIX_NUM_THREADS`` or ``OMP_NUM_THREADS`` if set, else every usable core.
+
+    OpenMP's list form (``OMP_NUM_THREADS=4,2``, one count per nesting level) gives its first count.
+    """
     for variable in ("PADDLEMIX_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(variable)
+        value = os.environ.get(variable, "").strip()
         if value:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                raise ValueError(f"{variable}={value!r} is not a whole number of threads") from None
+            first = value.split(",")[0].strip()
+            if not first.isdigit() or int(first) < 1:
+                raise ValueError(f"{variable}={value!r} is not a positive whole number of threads (or OpenMP's list form, e.g. '4,2')")
+            return int(first)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_threads_set = False  # by set_num_threads: prepare_cpu then keeps the caller's choice
 
 
 def set_num_threads(num_threads: Optional[int] = None) -> int:
     """Set Paddle's CPU math threads (Paddle defaults to one); returns the number set."""
+    global _threads_set
     num_threads = num_threads or default_num_threads()
     paddle.base.core.set_num_threads(num_threads)
+    _threads_set = True
     return num_threads
+
+
+def prepare_cpu() -> None:
+    """What a model load or a script start does for the CPU, once per process: MKL's fast code
+    path on AMD CPUs (:func:`~paddlemix_qwen25vl.cpu.enable_fast_mkl_on_amd`) and, unless
+    :func:`set_num_threads` was called, :func:`default_num_threads` threads. Importing the
+    package does neither: both are process-wide."""
+    enable_fast_mkl_on_amd()
+    if not _threads_set:
+        set_num_threads()
 
 
 def on_gpu() -> bool:

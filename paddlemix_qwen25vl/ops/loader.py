@@ -7,8 +7,8 @@ Two ways to get the ops:
   imported on first use.
 * :func:`build_ops` compiles the same sources just in time with
   ``paddle.utils.cpp_extension.load`` into ``~/.cache/paddlemix_qwen25vl/ops`` (paddle
-  reuses the build while sources and flags are unchanged). It needs this repository's
-  ``external_ops/`` folder next to the package.
+  reuses the build while sources and flags are unchanged) from the ``external_ops/``
+  sources that ship with the package (or a source checkout's).
 
 Without either, callers use the pure-paddle fallback; :func:`warn_fallback_once` logs
 that once per process.
@@ -21,11 +21,13 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
+from ..resources import resource_path
+
 logger = logging.getLogger(__name__)
 
 MODULE_NAME = "paddlemix_qwen25vl_ops"
 BUILD_DIR = Path.home() / ".cache" / "paddlemix_qwen25vl" / "ops"
-EXTERNAL_OPS_DIR = Path(__file__).resolve().parents[2] / "external_ops"
+EXTERNAL_OPS_DIR = resource_path("external_ops")
 
 # None until the first lookup; then the loaded module, or False if there is none.
 _ops: ModuleType | bool | None = None
@@ -52,9 +54,9 @@ def _load_build_config() -> ModuleType:
     config_path = EXTERNAL_OPS_DIR / "build_config.py"
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{config_path} not found: build_ops() compiles the sources of a source checkout; "
-            "with an installed package, install the ops with "
-            "`pip install --no-build-isolation ./external_ops` instead"
+            f"{config_path} not found: this installation of paddlemix_qwen25vl lacks the operator "
+            "sources; reinstall it (`pip install .` from a checkout) or install the ops with "
+            "`pip install --no-build-isolation ./external_ops`"
         )
     spec = importlib.util.spec_from_file_location("paddlemix_qwen25vl_ops_build_config", config_path)
     config = importlib.util.module_from_spec(spec)
