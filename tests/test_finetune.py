@@ -77,7 +77,7 @@ def test_freezing_flags_select_exact_parameter_sets(flags, expected):
     assert sorted(names) == sorted(every_in_group)
 
 
-def test_full_run_loss_falls_and_final_model_loads(tiny_checkpoint, meta_path, tmp_path):
+def test_full_run_loss_falls_and_final_model_loads(tiny_checkpoint, meta_path, tmp_path, portable_cpu):
     out = str(tmp_path / "full")
     losses = run_finetune(tiny_checkpoint, meta_path, out, "--max_steps", "8", "--data_flatten")
     assert np.mean([losses[s] for s in (7, 8)]) < np.mean([losses[s] for s in (1, 2)]) - 0.5

@@ -56,7 +56,7 @@ def models(reference_checkpoint):
 
 
 @pytest.mark.parametrize("name,rows", CASES, ids=[c[0] for c in CASES])
-def test_greedy_matches_transformers(models, name, rows):
+def test_greedy_matches_transformers(models, name, rows, portable_cpu):
     ref_model, model = models
     inputs = gen_inputs(rows)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_greedy_matches_transformers(models, name, rows):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=["single_image", "batch_of_two"])
-def test_flash_attention_generation_equals_sdpa(models, reference_checkpoint, case):
+def test_flash_attention_generation_equals_sdpa(models, reference_checkpoint, case, portable_cpu):
     """flash_attention_2: the prompt through the operator, one-token steps dense on the CPU."""
     _, model = models
     flash = Qwen2_5_VLForConditionalGeneration.from_pretrained(reference_checkpoint[1], attn_implementation="flash_attention_2")

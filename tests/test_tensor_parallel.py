@@ -225,12 +225,13 @@ def test_tensor_parallel_training_check():
         check_tensor_parallel_supported(2)
 
 
-def test_shell_script_cpu_mode_gives_the_single_process_answer(tmp_path):
+def test_shell_script_cpu_mode_gives_the_single_process_answer(tmp_path, portable_cpu):
     """sh shell/distributed_qwen2_5_vl_infer_7B.sh in CPU mode (demo model, mp 2) == one process, sampled tokens included."""
     flags = ["--max_new_tokens", "12", "--decode_strategy", "sampling", "--temperature", "1.0", "--top_p", "0.9"]
     script = os.path.join("examples", "distributed_qwen2_5_vl_infer.py")
-    alone = subprocess.run([sys.executable, script, *flags], capture_output=True, text=True, env=WORKER_ENV, cwd=REPO, check=True)
-    env = {**WORKER_ENV, "MODEL_PATH": "", "MP_DEGREE": str(MP), "DEVICE": "cpu", "LOG_DIR": str(tmp_path / "logs")}
+    worker_env = {**WORKER_ENV, "PADDLEMIX_CPU_ISA": portable_cpu}
+    alone = subprocess.run([sys.executable, script, *flags], capture_output=True, text=True, env=worker_env, cwd=REPO, check=True)
+    env = {**worker_env, "MODEL_PATH": "", "MP_DEGREE": str(MP), "DEVICE": "cpu", "LOG_DIR": str(tmp_path / "logs")}
     both = subprocess.run(["sh", "shell/distributed_qwen2_5_vl_infer_7B.sh", *flags], capture_output=True, text=True, env=env, cwd=REPO)
     assert both.returncode == 0, both.stderr[-3000:]
     assert "CPU mode" in both.stderr
