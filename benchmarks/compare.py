@@ -488,14 +488,23 @@ def run_vision_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {"patches": sum(t * h * w for t, h, w in grids), "extra_peak_mib": (_status_kib("VmHWM") - base) / 1024}
 
 
+def _gemm_gflop_s(matmul: Callable[[], Any], n: int, repeats: int) -> float:
+    matmul()  # warm-up
+    return 2 * n**3 / min(_timed(matmul, repeats)) / 1e9
+
+
 def run_machine(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Streaming read bandwidth (best of numpy split over threads, paddle.sum and a paddle GEMV
-    x @ W, >= 1 GiB buffer) and fp32 GEMM throughput (paddle.matmul n^3, best of several), with spec's threads."""
+    x @ W, >= 1 GiB buffer), fp32 GEMM throughput of paddle.matmul and numpy (n^3, best of
+    several), with spec's threads, and the CPU: model, instruction sets, code paths in use."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     import paddle
 
+    from paddlemix_qwen25vl.cpu import cpu_description, enable_fast_mkl_on_amd
+
+    enable_fast_mkl_on_amd()  # as a model load does, before the first matmul
     threads, repeats = spec["threads"], spec["machine_repeats"]
     paddle.base.core.set_num_threads(threads)
     buffer = np.ones(spec["bandwidth_bytes"] // 4, dtype=np.float32)
@@ -515,16 +524,28 @@ def run_machine(spec: Dict[str, Any]) -> Dict[str, Any]:
     n = spec["gemm_n"]
     a = paddle.randn([n, n], dtype="float32")
     b = paddle.randn([n, n], dtype="float32")
-    (a @ b).numpy()  # warm-up
-    gemm_s = _timed(lambda: (a @ b).numpy(), repeats)
+    a_np, b_np = a.numpy(), b.numpy()
     nbytes = spec["bandwidth_bytes"]
     return {
+        "cpu": cpu_description(),
         "bandwidth_bytes": nbytes,
         "bandwidth_gb_s": {"numpy": nbytes / min(numpy_s) / 1e9, "paddle": nbytes / min(paddle_s) / 1e9,
                            "gemv": gemv_bytes / min(gemv_s) / 1e9},
         "gemm_n": n,
-        "gemm_gflop_s": 2 * n**3 / min(gemm_s) / 1e9,
+        "gemm_gflop_s_by_library": {"paddle": _gemm_gflop_s(lambda: (a @ b).numpy(), n, repeats),
+                                    "numpy": _gemm_gflop_s(lambda: a_np @ b_np, n, repeats)},
     }
+
+
+def run_torch_gemm(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """torch's fp32 GEMM throughput (n^3), in its own process: two OpenMP runtimes in one
+    process spin against each other (benchmarks/README.md)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    n = spec["gemm_n"]
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return {"torch": _gemm_gflop_s(lambda: a @ b, n, spec["machine_repeats"])}
 
 
 def worker_main(spec: Dict[str, Any]) -> None:
@@ -532,7 +553,9 @@ def worker_main(spec: Dict[str, Any]) -> None:
     if spec["task"] == "build":
         result: Dict[str, Any] = {"path": str(build_checkpoint(spec["config"], Path(spec["checkpoint"]), spec["streamed"]))}
     else:
-        result = {"timing": run_timing, "vision_memory": run_vision_memory, "machine": run_machine}[spec["task"]](spec)
+        tasks = {"timing": run_timing, "vision_memory": run_vision_memory, "machine": run_machine,
+                 "torch_gemm": run_torch_gemm}
+        result = tasks[spec["task"]](spec)
     print(RESULT_MARKER + json.dumps(result), flush=True)
 
 
@@ -686,8 +709,11 @@ def markdown_report(results: Dict[str, Any]) -> str:
         "",
         f"Machine: streaming read {_fmt(max(m['bandwidth_gb_s'].values()) if m.get('bandwidth_gb_s') else None, 1)} GB/s "
         f"(best of {', '.join(f'{k} {_fmt(v, 1)}' for k, v in m.get('bandwidth_gb_s', {}).items())}), "
-        f"fp32 GEMM {_fmt(m.get('gemm_gflop_s'), 0)} GFLOP/s (paddle.matmul {m.get('gemm_n')}^3). "
-        f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up"
+        f"fp32 GEMM peak {_fmt(m.get('gemm_gflop_s'), 0)} GFLOP/s (best of "
+        f"{', '.join(f'{k} {_fmt(v, 0)}' for k, v in m.get('gemm_gflop_s_by_library', {}).items())}, {m.get('gemm_n')}^3). "
+        + (f"CPU: {m['cpu']['vendor']} {m['cpu']['model']} ({', '.join(m['cpu']['instruction_sets'])}); "
+           f"code path {m['cpu']['isa_in_use']}, {m['cpu']['mkl_code_path']}. " if m.get("cpu") else "")
+        + f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up"
         + (f" (PaddleFormers: {results.get('paddleformers_repeats', results['repeats'])})."
            if any(r.get("impl") == "paddleformers" for r in results["rows"]) else "."),
         "",
@@ -886,11 +912,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write_reports(summarize(results), args.out_prefix)
 
-    machine = step("machine", {"task": "machine", "threads": args.threads, "machine_repeats": args.machine_repeats,
-                               "bandwidth_bytes": int(args.bandwidth_gib * 2**30), "gemm_n": args.gemm_n})
+    probe = {"threads": args.threads, "machine_repeats": args.machine_repeats, "gemm_n": args.gemm_n}
+    machine = step("machine", {"task": "machine", "bandwidth_bytes": int(args.bandwidth_gib * 2**30), **probe})
+    torch_gemm = run_worker({"task": "torch_gemm", **probe})
     if "error" in machine:
         notes.append(f"machine probe failed: {machine['error'][-300:]}")
     else:
+        if "error" in torch_gemm:
+            notes.append(f"torch GEMM probe failed: {torch_gemm['error'][-300:]}")
+        else:
+            machine["gemm_gflop_s_by_library"].update(torch_gemm)
+        # the machine's peak is the best library's, not Paddle's (3x below it with MKL's generic AMD path)
+        machine["gemm_gflop_s"] = max(machine["gemm_gflop_s_by_library"].values())
         results["machine"] = machine
     first_media = [r for r in runs if r["media"] == args.media[0]]
     for spec in first_media:

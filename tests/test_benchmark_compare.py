@@ -173,3 +173,19 @@ def test_paddlemix_worker_smoke_run(tmp_path):
 
     memory = compare.run_vision_memory({**spec, "threads": default_num_threads()})
     assert memory["patches"] == 16 and memory["extra_peak_mib"] >= 0
+
+
+@needs_transformers
+def test_machine_probe_records_the_cpu_and_every_librarys_gemm():
+    """The GEMM peak is the best library's (Paddle's own MKL path can be 3x below the machine's
+    on AMD CPUs), and the CPU and the code paths in use are part of the record."""
+    probe = {"threads": 1, "machine_repeats": 1, "gemm_n": 256}
+    machine = compare.run_worker({"task": "machine", "bandwidth_bytes": 1 << 24, **probe})
+    assert "error" not in machine, machine.get("error")
+    torch_gemm = compare.run_worker({"task": "torch_gemm", **probe})
+    assert "error" not in torch_gemm, torch_gemm.get("error")
+    assert set(machine["gemm_gflop_s_by_library"]) == {"paddle", "numpy"} and torch_gemm["torch"] > 0
+    cpu = machine["cpu"]
+    assert cpu["isa_in_use"] in ("baseline", "avx2", "avx512") and cpu["model"] and cpu["mkl_code_path"]
+    if cpu["vendor"] == "AuthenticAMD" and cpu["isa_in_use"] != "baseline":
+        assert cpu["mkl_code_path"].startswith("MKL_DEBUG_CPU_TYPE=5")
