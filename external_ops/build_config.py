@@ -14,8 +14,8 @@ MODULE_NAME = "paddlemix_qwen25vl_ops"
 CPU_SOURCES = ["flash_attn_varlen_op.cc", "flash_attn_varlen_cpu.cc"]
 CUDA_SOURCES = ["flash_attn_varlen_cuda_binding.cc", "flash_attn_varlen_cuda.cu"]
 
-# No -march=native: the CPU kernels pick AVX-512 / AVX2+FMA / baseline code at load
-# time (GCC target_clones), so one build runs on any x86-64 machine.
+# No -march=native: the library is plain x86-64; the CPU kernels carry AVX-512 and AVX2+FMA
+# copies of their hot functions and pick one per call (PADDLEMIX_CPU_ISA caps the choice).
 # -Wno-psabi silences GCC's note that 64-byte vector arguments change ABI under
 # targets without AVX-512; those helpers are always inlined.
 CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"]
