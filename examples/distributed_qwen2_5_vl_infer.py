@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--mp_degree", type=int, default=int(os.environ.get("PADDLE_TRAINERS_NUM", "1")),
                         help="tensor-parallel ranks (default: the number of launched processes)")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed, the same on every rank")
+    parser.set_defaults(max_new_tokens=512)  # PaddleMIX's
     args = parser.parse_args()
     if args.stream:
         raise SystemExit("--stream is not supported with tensor parallelism; drop it")

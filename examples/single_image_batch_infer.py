@@ -10,7 +10,7 @@ from paddlemix_qwen25vl.demo import DEMO_IMAGE, DEMO_IMAGE_2
 def main() -> None:
     parser = build_parser(__doc__)
     parser.add_argument("--image_file", nargs="+", default=[DEMO_IMAGE, DEMO_IMAGE_2])
-    parser.set_defaults(question="What shape is this?")
+    parser.set_defaults(question="What shape is this?", max_new_tokens=1024)  # PaddleMIX's 1024 new tokens
     args = parser.parse_args()
     model, processor = load(args)
     conversations = [

@@ -6,7 +6,14 @@ Accepted checkpoints (a local directory or a hub id):
   released key layout (``visual.*``, ``model.*``, ``lm_head.*``) or the transformers >= 4.52
   one (``model.visual.*``, ``model.language_model.*``);
 - Paddle checkpoints (PaddleMIX, ``save_pretrained``): the same names with Linear weights
-  already ``[in, out]``, as safetensors or ``model_state.pdparams``.
+  already ``[in, out]``, as safetensors or ``model_state.pdparams``;
+- PaddleNLP tensor-parallel checkpoints (what its Trainer writes under
+  ``--tensor_parallel_degree N``): one file set per rank, ``model_state.tp00.pdparams``,
+  ``model.tp00.safetensors`` or shards ``model.tp00-00001-of-00002.safetensors``. Each tensor
+  is put back together from its rank pieces, along the one axis where a piece is smaller than
+  the model's tensor (pieces of the full size are replicated: rank 0's is used), then read as
+  from a full checkpoint. A full file next to them (after ``merge_tensor_parallel_params.py``)
+  is preferred.
 
 Torch Linear weights are ``[out, in]`` and Paddle's are ``[in, out]``: every ``nn.Linear``
 weight of the model is transposed when it comes from a torch checkpoint; Conv3D kernels,
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -54,6 +62,8 @@ __all__ = [
     "checkpoint_name",
     "is_linear_weight",
     "file_is_torch_layout",
+    "tensor_parallel_files",
+    "has_full_weights",
     "CheckpointError",
 ]
 
@@ -67,6 +77,8 @@ PDPARAMS_INDEX = "model_state.pdparams.index.json"
 _RENAMES = (("model.language_model.", "model."), ("model.visual.", "visual."))
 _TORCH_FORMATS = ("pt", "torch")
 PADDLE_METADATA = {"format": "np"}  # PaddleMIX's marker for Linear weights stored [in, out]
+# PaddleNLP's rank variant in a weight file name: model_state.tp01.pdparams, model.tp01-00001-of-00002.safetensors.
+_TP_VARIANT = re.compile(r"\.tp(\d{2})(?=[.-])")
 
 # Every nn.Linear weight of the model (torch [out, in] -> Paddle [in, out]); a test checks
 # this table against the model's layers. Conv3D, embeddings, norms and biases are never transposed.
@@ -138,13 +150,73 @@ def shard_files(path: str) -> List[str]:
     for single in (SAFE_SINGLE, PDPARAMS_SINGLE):
         if os.path.exists(os.path.join(path, single)):
             return [os.path.join(path, single)]
-    found = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".pdparams")))
+    found = sorted(
+        f for f in os.listdir(path) if f.endswith((".safetensors", ".pdparams")) and not _TP_VARIANT.search(f)
+    )
     if found:
         return [os.path.join(path, f) for f in found]
     raise CheckpointError(
         f"no weights in {path}: expected {SAFE_SINGLE}, {SAFE_INDEX} (+ shards), {PDPARAMS_SINGLE} or other "
         "*.safetensors / *.pdparams files"
     )
+
+
+def has_full_weights(path: str) -> bool:
+    """True when ``path`` holds a full (not per-rank) checkpoint's single file or index."""
+    return any(os.path.exists(os.path.join(path, f)) for f in (SAFE_INDEX, SAFE_SINGLE, PDPARAMS_SINGLE, PDPARAMS_INDEX))
+
+
+def tensor_parallel_files(path: str) -> Dict[int, List[str]]:
+    """PaddleNLP's per-rank weight files of ``path`` as ``{rank: files}`` (empty when it has
+    none); a missing rank is an error naming it."""
+    if not os.path.isdir(path):
+        return {}
+    groups: Dict[int, List[str]] = {}
+    for name in sorted(os.listdir(path)):
+        match = _TP_VARIANT.search(name)
+        if match and name.endswith((".safetensors", ".pdparams")):
+            groups.setdefault(int(match.group(1)), []).append(os.path.join(path, name))
+    missing = sorted(set(range(max(groups) + 1)) - set(groups)) if groups else []
+    if missing:
+        raise CheckpointError(f"{path}: tensor-parallel checkpoint without rank(s) {missing} (files *.tp{missing[0]:02d}.*)")
+    return dict(sorted(groups.items()))
+
+
+def _rank_tensors(files: List[str]) -> Dict[str, Callable[[], Tuple[np.ndarray, str]]]:
+    """Every tensor of one rank's files: ``{key: () -> (array, dtype name)}`` (safetensors lazily)."""
+    tensors: Dict[str, Callable[[], Tuple[np.ndarray, str]]] = {}
+    for file in files:
+        if file.endswith(".pdparams"):
+            for key, array, dtype_name in read_pdparams(file):
+                tensors[key] = lambda a=array, d=dtype_name: (a, d)
+        else:
+            reader = SafetensorsFile(file)
+            for key in reader.keys():
+                tensors[key] = lambda r=reader, k=key: (r.raw(k), r.dtype_name(k))
+    return tensors
+
+
+def _joined(pieces: List[np.ndarray], full: Optional[Tuple[int, ...]]) -> np.ndarray:
+    """The tensor of shape ``full`` that the rank ``pieces`` are slices of (replicated: the first)."""
+    first = pieces[0]
+    if full is None or tuple(first.shape) == tuple(full) or len(first.shape) != len(full):
+        return first  # replicated, or not the model's: the key checks report it
+    axes = [i for i, (n, m) in enumerate(zip(first.shape, full)) if n != m]
+    if len(axes) != 1 or first.shape[axes[0]] * len(pieces) != full[axes[0]]:
+        return first  # not a split of it: reported as mis-shaped
+    return np.concatenate(pieces, axis=axes[0])
+
+
+def _iter_tensor_parallel(groups: Dict[int, List[str]], shapes: Mapping[str, Tuple[int, ...]]) -> Iterator[Tuple[str, np.ndarray, str, bool]]:
+    """Like :func:`_iter_file` over a PaddleNLP per-rank checkpoint: each tensor whole, Paddle layout."""
+    ranks = [_rank_tensors(files) for files in groups.values()]
+    for key in ranks[0]:
+        absent = [rank for rank, tensors in zip(groups, ranks) if key not in tensors]
+        if absent:
+            raise CheckpointError(f"tensor-parallel checkpoint: {key} is missing from rank(s) {absent}")
+        loaded = [tensors[key]() for tensors in ranks]
+        yield key, _joined([a for a, _ in loaded], shapes.get(checkpoint_name(key))), loaded[0][1], False
+        del loaded
 
 
 def file_is_torch_layout(reader: SafetensorsFile, shapes: Optional[Mapping[str, Tuple[int, ...]]] = None) -> bool:
@@ -224,6 +296,7 @@ def read_checkpoint(
     slicing: TensorSlicing = TensorSlicing(),
     ignore_keys: Tuple[str, ...] = (),
     desc: str = "Loading weights",
+    prefer_full: bool = True,
 ) -> Iterator[Tuple[str, np.ndarray, str]]:
     """Yield ``(name, array, dtype name)`` for every tensor of checkpoint directory ``path``.
 
@@ -232,14 +305,20 @@ def read_checkpoint(
     (bfloat16 as uint16 words), already cut to this rank's slice; they may be views of a
     memory map, valid until the next tensor is requested. After the last tensor, any
     missing, unexpected or mis-shaped key raises a :class:`CheckpointError` listing them.
-    ``ignore_keys`` are names to skip silently (e.g. a tied ``lm_head.weight``).
+    ``ignore_keys`` are names to skip silently (e.g. a tied ``lm_head.weight``). A directory with
+    both PaddleNLP per-rank files and a full checkpoint is read from the full one unless
+    ``prefer_full`` is False.
     """
     full_shapes = {name: slicing.full_shape(name, shape) for name, shape in shapes.items()}
-    files = shard_files(path)
+    groups = {} if prefer_full and has_full_weights(path) else tensor_parallel_files(path)
+    files = groups[0] if groups else shard_files(path)
+    sources = [(f"{len(groups)} tensor-parallel ranks", _iter_tensor_parallel(groups, full_shapes))] if groups else [
+        (os.path.basename(file), _iter_file(file, full_shapes)) for file in files
+    ]
     loaded, unexpected, mismatched = set(), [], []
     with tqdm(total=_count_tensors(files), desc=desc, unit="tensor", disable=None) as progress:
-        for file in files:
-            for key, stored, dtype_name, torch_layout in _iter_file(file, full_shapes):
+        for file, tensors in sources:
+            for key, stored, dtype_name, torch_layout in tensors:
                 progress.update(1)
                 name = checkpoint_name(key)
                 if name in ignore_keys:
@@ -250,7 +329,7 @@ def read_checkpoint(
                 transpose = torch_layout and is_linear_weight(name)
                 shape = tuple(stored.shape[::-1] if transpose else stored.shape)
                 if shape != full_shapes[name]:
-                    mismatched.append(f"{key} {list(stored.shape)} in {os.path.basename(file)} vs {list(full_shapes[name])}")
+                    mismatched.append(f"{key} {list(stored.shape)} in {file} vs {list(full_shapes[name])}")
                     continue
                 value = slicing.take(name, stored, transpose)
                 yield name, value.T if transpose else value, dtype_name

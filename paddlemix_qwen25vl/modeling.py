@@ -69,6 +69,16 @@ class Qwen2_5_VLPreTrainedModel(PretrainedModel):
             layer.bias.set_value(paddle.zeros_like(layer.bias))
 
 
+def _tensor_parallel_degree(mp_degree: int, tensor_parallel_degree: Optional[int]) -> int:
+    """``mp_degree``, or PaddleNLP's ``tensor_parallel_degree`` for it (whose "off" is -1)."""
+    if tensor_parallel_degree is None:
+        return mp_degree
+    degree = max(tensor_parallel_degree, 1)
+    if mp_degree not in (1, degree):
+        raise ValueError(f"mp_degree={mp_degree} and tensor_parallel_degree={tensor_parallel_degree} disagree; pass one")
+    return degree
+
+
 class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
     """Qwen2.5-VL for image/video-conditioned text generation and fine-tuning.
 
@@ -265,6 +275,9 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         attn_implementation: Optional[str] = None,
         config: Optional[Qwen2_5_VLConfig] = None,
         mp_degree: int = 1,
+        tensor_parallel_degree: Optional[int] = None,
+        tensor_parallel_rank: Optional[int] = None,
+        tensor_parallel_output: Optional[bool] = None,
         **config_overrides: Any,
     ) -> "Qwen2_5_VLForConditionalGeneration":
         """Load a checkpoint directory or hub id (HF or Paddle format, one file or sharded).
@@ -277,10 +290,26 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         and reads only its slice of the decoder (plus the whole vision tower), from any full
         checkpoint or from a per-rank one saved with the same degree. A degree that does not
         divide the heads, kv heads, MLP width or vocabulary raises a ValueError before anything runs.
+
+        PaddleMIX's and PaddleNLP's spellings work: ``tensor_parallel_degree`` is ``mp_degree``,
+        ``tensor_parallel_rank`` (if given) must be this process's rank, and
+        ``tensor_parallel_output`` may only be False (logits are gathered on every rank). Other
+        keywords must be fields of the checkpoint's config (they override it); anything else is
+        a TypeError naming them.
         """
         path = resolve_model_path(pretrained_model_name_or_path)
         if config is None:
             config = Qwen2_5_VLConfig.from_pretrained(path)
+        mp_degree = _tensor_parallel_degree(mp_degree, tensor_parallel_degree)
+        if tensor_parallel_output:
+            raise ValueError("tensor_parallel_output=True (per-rank logits) is not supported: logits are gathered on every rank")
+        unknown = sorted(field for field in config_overrides if not hasattr(config, field))
+        if unknown:
+            raise TypeError(
+                f"from_pretrained() got unknown keyword argument(s) {', '.join(unknown)}: they are neither loading "
+                "options (dtype, attn_implementation, config, mp_degree / tensor_parallel_degree, tensor_parallel_rank, "
+                "tensor_parallel_output) nor fields of the model config"
+            )
         for field, value in config_overrides.items():
             setattr(config, field, value)
         if attn_implementation is not None:
@@ -289,6 +318,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         check_tensor_parallel_config(config, mp_degree)
         compute_dtype = resolve_dtype(dtype, getattr(config, "dtype", None))
         mp = init_tensor_parallel(mp_degree)
+        if tensor_parallel_rank is not None and tensor_parallel_rank != mp.rank:
+            raise ValueError(f"tensor_parallel_rank={tensor_parallel_rank}, but this process is tensor-parallel rank {mp.rank}")
         model = cls.build(config, compute_dtype, mp)
         per_rank = rank_checkpoint(path, mp)
         ignore = ("lm_head.weight",) if config.tie_word_embeddings else ()
