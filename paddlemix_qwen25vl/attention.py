@@ -32,6 +32,7 @@ __all__ = [
     "causal_padding_mask",
     "sequence_runs",
     "resolve_attn_implementation",
+    "top_left_causal_flag",
 ]
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,22 @@ def varlen_attention(
     return paddle.scatter(out, paddle.concat(rows), paddle.concat(pieces), overwrite=True)
 
 
+def top_left_causal_flag(len_q: np.ndarray, len_k: np.ndarray, causal: bool) -> Optional[bool]:
+    """The ``causal`` flag that gives Paddle's flash kernel the bottom-right causal mask of segments
+    with ``len_q``/``len_k`` queries/keys, or None when no flag does.
+
+    Paddle's kernel (the PaddlePaddle/flash-attention v2 fork) aligns its causal mask top-left
+    (softmax.h: ``col_idx_limit = min(max_seqlen_k, row_idx + 1)``): with fewer queries than keys
+    query i would see keys 0..i only. Equal lengths: both alignments agree. At most one query per
+    segment (a decode step): that last token sees every key, so no mask at all.
+    """
+    if not causal or (len_q <= 1).all():
+        return False
+    if (len_q == len_k).all():
+        return True
+    return None
+
+
 def _flash_varlen(
     q: paddle.Tensor,
     k: paddle.Tensor,
@@ -247,16 +264,21 @@ def _flash_varlen(
     causal: bool,
     scale: float,
 ) -> paddle.Tensor:
-    max_q, max_k = int(np.diff(cu_q).max()), int(np.diff(cu_k).max())
+    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
+    max_q, max_k = int(len_q.max()), int(len_k.max())
     cu_q_t = paddle.to_tensor(cu_q.astype(np.int32))
     cu_k_t = paddle.to_tensor(cu_k.astype(np.int32))
     if _paddle_flash_available(q):
-        from paddle.nn.functional.flash_attention import flash_attn_unpadded
+        top_left = top_left_causal_flag(len_q, len_k, causal)
+        if top_left is not None:
+            from paddle.nn.functional.flash_attention import flash_attn_unpadded
 
-        out, _ = flash_attn_unpadded(
-            q, k, v, cu_q_t, cu_k_t, max_q, max_k, scale=scale, dropout=0.0, causal=causal, training=False
-        )
-        return out
-    from .ops import flash_attn_varlen_func
+            out, _ = flash_attn_unpadded(
+                q, k, v, cu_q_t, cu_k_t, max_q, max_k, scale=scale, dropout=0.0, causal=top_left, training=False
+            )
+            return out
+        if not _custom_op_available():  # a chunk after a cache without the custom operator: masked sdpa
+            return varlen_attention(q, k, v, cu_q, cu_k, "sdpa", causal=causal, scale=scale)
+    from .ops import flash_attn_varlen_func  # its causal mask is bottom-right aligned
 
     return flash_attn_varlen_func(q, k, v, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=causal)
