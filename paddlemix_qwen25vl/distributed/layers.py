@@ -12,7 +12,7 @@ and from nowhere else.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import paddle
 import paddle.nn as nn
@@ -42,6 +42,19 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) 
     return F.linear(x, weight, bias)
 
 
+def mark_split_parameters(layer: nn.Layer) -> None:
+    """Flag ``layer``'s split parameters as rank-local, as fleet's parallel layers do: the Trainer's
+    ``TensorParallel`` wrapper broadcasts every other parameter from mp rank 0 (sync_params_buffers)
+    and ``HybridParallelClipGrad`` sums only these gradient norms over the ranks."""
+    if layer.mp.world_size == 1:
+        return
+    for attr, axis in layer.tp_split_axes.items():
+        param = getattr(layer, attr, None)
+        if param is not None:
+            param.is_distributed = True
+            param.split_axis = axis
+
+
 class ColumnParallelLinear(nn.Linear):
     """``y = x W + b`` with the output features split: weight ``[in, out/mp]``, bias ``[out/mp]``.
 
@@ -57,6 +70,7 @@ class ColumnParallelLinear(nn.Linear):
         super().__init__(in_features, mp.shard(out_features, "output features"), bias_attr=None if bias else False)
         self.mp = mp
         self.gather_output = gather_output
+        mark_split_parameters(self)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         y = linear(copy_to_ranks(x, self.mp), self.weight, self.bias)
@@ -74,6 +88,7 @@ class RowParallelLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mp: ParallelContext = SINGLE) -> None:
         super().__init__(mp.shard(in_features, "input features"), out_features, bias_attr=None if bias else False)
         self.mp = mp
+        mark_split_parameters(self)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.mp.world_size == 1:
@@ -96,6 +111,7 @@ class VocabParallelEmbedding(nn.Embedding):
         super().__init__(rows, embedding_dim)
         self.mp = mp
         self.vocab_start = mp.rank * rows
+        mark_split_parameters(self)
 
     def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
         if self.mp.world_size == 1:
@@ -118,6 +134,12 @@ class TiedLMHead(nn.Layer):
     @property
     def weight(self) -> paddle.Tensor:
         return self._embedding[0].weight
+
+    @property
+    def extra_parameters(self) -> List[paddle.Tensor]:
+        """Parameters used here but owned by another layer: sharding stage3 gathers a layer's own
+        and these before its forward (the embedding's weight is released after the lookup)."""
+        return [self.weight]
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         mp = self._embedding[0].mp
