@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import paddle
+import paddle.distributed as dist
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.base.initializer import _global_bias_initializer, _global_weight_initializer
@@ -23,11 +24,11 @@ from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
 
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
-from .distributed.checkpoints import rank_checkpoint, save_rank_checkpoint
+from .distributed.checkpoints import load_model_weights, save_rank_checkpoint
 from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_config, init_tensor_parallel
-from .distributed.layers import ColumnParallelLinear, TiedLMHead, split_axes
+from .distributed.layers import ColumnParallelLinear, TiedLMHead
 from .generation import generate
-from .loading import TensorSlicing, load_weights, resolve_model_path, save_weights
+from .loading import resolve_model_path, save_weights
 from .rope import rope_index
 from .runtime import prepare_cpu, resolve_dtype
 from .text import Qwen2_5_VLTextModel
@@ -210,6 +211,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
                         raise ValueError(f"{kind} pixel values were given without {kind}_grid_thw")
                     features = self.visual(pixels, grid_thw=grid)
                     inputs_embeds = self._place_features(inputs_embeds, input_ids, features, token_id, kind)
+            if self.training and pixel_values is None and pixel_values_videos is None and dist.get_world_size() > 1:
+                inputs_embeds = inputs_embeds + self.visual.zero_touch(inputs_embeds.dtype)  # see zero_touch
         elif pixel_values is not None or pixel_values_videos is not None:
             raise ValueError("pixel inputs need input_ids (to find the pad tokens), not inputs_embeds")
 
@@ -321,12 +324,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if tensor_parallel_rank is not None and tensor_parallel_rank != mp.rank:
             raise ValueError(f"tensor_parallel_rank={tensor_parallel_rank}, but this process is tensor-parallel rank {mp.rank}")
         model = cls.build(config, compute_dtype, mp)
-        per_rank = rank_checkpoint(path, mp)
-        ignore = ("lm_head.weight",) if config.tie_word_embeddings else ()
-        if per_rank is not None:  # already this rank's slices
-            load_weights(model, per_rank, ignore_keys=ignore)
-        else:
-            load_weights(model, path, ignore_keys=ignore, slicing=TensorSlicing(mp.rank, mp.world_size, split_axes(model)))
+        load_model_weights(model, path)
         generation_file = os.path.join(path, "generation_config.json")
         if os.path.exists(generation_file):
             model.generation_config = GenerationConfig.from_pretrained(path)

@@ -127,6 +127,17 @@ def _unpadded_layout(
     )
 
 
+class RotaryFrequencies(nn.Layer):
+    """The decoder's rotary ``inv_freq [head_dim / 2]``, kept in float32 under any mixed precision."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        # paddle.amp.decorate(level="O2") casts every other layer's floating buffers: in bfloat16
+        # the angles at position 1000 would be off by up to ~2 rad (inference uses float32).
+        self._cast_to_low_precision = False
+        self.register_buffer("inv_freq", paddle.to_tensor(rotary_inv_freq(head_dim, theta)), persistable=False)
+
+
 class Qwen2_5_VLTextModel(nn.Layer):
     """Token embeddings, decoder layers and the final norm (``model.*`` in checkpoints);
     ``mp`` splits them across tensor-parallel ranks (norms and rotary tables are replicated)."""
@@ -137,9 +148,7 @@ class Qwen2_5_VLTextModel(nn.Layer):
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, mp)
         self.layers = nn.LayerList([DecoderLayer(config, i, mp) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.register_buffer(
-            "inv_freq", paddle.to_tensor(rotary_inv_freq(config.head_dim, config.rope_theta)), persistable=False
-        )
+        self.rotary = RotaryFrequencies(config.head_dim, config.rope_theta)
         self.attn_implementation = config.attn_implementation
         self.recompute = False
 
@@ -176,12 +185,14 @@ class Qwen2_5_VLTextModel(nn.Layer):
             mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
             layout = AttentionLayout(implementation, mask=mask)
 
-        cos, sin_signed = mrope_cos_sin(position_ids, self.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
+        cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
         cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, head_dim]: broadcast over heads
 
         hidden_states = inputs_embeds
         for layer in self.layers:
-            if self.recompute and self.training:
+            # Reentrant recompute of a layer whose inputs all have stop_gradient (frozen embeddings,
+            # text-only batch) returns a stop_gradient output: its LoRA weights would get no gradient.
+            if self.recompute and self.training and not hidden_states.stop_gradient:
                 hidden_states = recompute(layer, hidden_states, cos, sin_signed, layout, None)
             else:
                 hidden_states = layer(hidden_states, cos, sin_signed, layout, past_key_values)

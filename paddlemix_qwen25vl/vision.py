@@ -64,6 +64,12 @@ class VisionPatchEmbed(nn.Layer):
         kernel = [config.temporal_patch_size, config.patch_size, config.patch_size]
         self.proj = nn.Conv3D(config.in_channels, config.hidden_size, kernel, stride=kernel, bias_attr=False)
 
+    @property
+    def extra_parameters(self) -> List[paddle.Tensor]:
+        """The conv weight, read here and not by ``proj``'s forward: sharding stage3 gathers a
+        layer's own parameters and these before its forward, and ``proj`` never runs."""
+        return [self.proj.weight]
+
     def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
         weight = self.proj.weight.reshape([self.embed_dim, self.patch_dim])  # [C_out, 3*2*14*14]
         return paddle.matmul(pixel_values.astype(weight.dtype), weight, transpose_y=True)  # [N, C_out]
@@ -167,6 +173,18 @@ class Qwen2_5_VisionTransformer(nn.Layer):
                 f"{pixel_values.shape[0]} rows"
             )
 
+    def zero_touch(self, dtype: str) -> paddle.Tensor:
+        """A zero scalar (in ``dtype``) that depends on every parameter of the tower: ``0 *`` the sum of
+        its output on one blank 2x2-patch image.
+
+        Data-parallel and sharded training reduce every trainable parameter's gradient on every
+        rank (and stage3 gathers each layer's weights in its forward): a rank whose batch has no
+        image must still run the tower, or the others wait for it forever. PaddleMIX's collator
+        adds a fake image for the same reason; here the batch is left as it is.
+        """
+        pixels = paddle.zeros([self.merge_unit, self.patch_embed.patch_dim], dtype=self.patch_embed.proj.weight.dtype)
+        return self(pixels, np.array([[1, 2, 2]])).sum().astype(dtype) * 0.0
+
     def forward(self, pixel_values: paddle.Tensor, grid_thw: Union[paddle.Tensor, np.ndarray]) -> paddle.Tensor:
         grid = grid_thw.numpy() if isinstance(grid_thw, paddle.Tensor) else np.asarray(grid_thw)
         grid = grid.astype(np.int64)
@@ -192,7 +210,7 @@ class Qwen2_5_VisionTransformer(nn.Layer):
 
         for index, block in enumerate(self.blocks):
             cu_seqlens = cu_frames if index in self.config.fullatt_block_indexes else cu_window
-            if self.recompute and self.training:
+            if self.recompute and self.training and not hidden_states.stop_gradient:  # see the decoder's loop
                 hidden_states = recompute(block, hidden_states, cu_seqlens, cos, sin_signed, self.attn_implementation)
             else:
                 hidden_states = block(hidden_states, cu_seqlens, cos, sin_signed, self.attn_implementation)

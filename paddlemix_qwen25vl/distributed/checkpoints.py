@@ -37,6 +37,7 @@ __all__ = [
     "read_manifest",
     "rank_checkpoint",
     "save_rank_checkpoint",
+    "load_model_weights",
     "merge_tensor_parallel",
     "split_tensor_parallel",
 ]
@@ -77,8 +78,10 @@ def rank_checkpoint(path: str, mp: ParallelContext) -> Optional[str]:
 def save_rank_checkpoint(model: nn.Layer, path: str, max_shard_bytes: int) -> None:
     """Write this rank's tensors of ``model`` (built with a tensor-parallel ``model.mp``) into ``path``.
 
-    Every rank of the group calls it; rank 0 also writes the manifest. Data-parallel replicas
-    beyond the first group hold the same weights and write nothing. Returns once all ranks are done.
+    Every rank of the tensor-parallel group calls it; rank 0 also writes the manifest.
+    Data-parallel replicas beyond the first group hold the same weights and write nothing.
+    Returns once the group's ranks are done. Only the group waits: the Trainer saves on the
+    first data-parallel replica alone (``should_save_model_state``).
     """
     mp: ParallelContext = model.mp
     first_group = not dist.is_initialized() or dist.get_rank() < mp.world_size
@@ -87,7 +90,19 @@ def save_rank_checkpoint(model: nn.Layer, path: str, max_shard_bytes: int) -> No
         if mp.rank == 0:
             _write_manifest(path, mp.world_size, split_axes(model))
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=mp.group)
+
+
+def load_model_weights(model: nn.Layer, path: str) -> None:
+    """Fill ``model`` (this rank's share under ``model.mp``) from checkpoint ``path``: its own folder
+    of a per-rank checkpoint of the same degree, or its slices of a full checkpoint (any format)."""
+    mp: ParallelContext = model.mp
+    ignore = ("lm_head.weight",) if model.config.tie_word_embeddings else ()
+    per_rank = rank_checkpoint(path, mp)
+    if per_rank is not None:  # already this rank's slices
+        load_weights(model, per_rank, ignore_keys=ignore)
+    else:
+        load_weights(model, path, ignore_keys=ignore, slicing=TensorSlicing(mp.rank, mp.world_size, split_axes(model)))
 
 
 def _write_manifest(path: str, mp_degree: int, axes: Dict[str, int]) -> None:
@@ -174,12 +189,11 @@ def split_tensor_parallel(src: str, dest: str, mp_degree: int, max_shard_bytes: 
     check_tensor_parallel_config(config, mp_degree)
     _prepare_dest(src, dest)
     dtype = getattr(config, "dtype", None) or "float32"
-    ignore = ("lm_head.weight",) if config.tie_word_embeddings else ()
     for rank in range(mp_degree):
         mp = ParallelContext(rank=rank, world_size=mp_degree)
         model = Qwen2_5_VLForConditionalGeneration.build(config, dtype, mp)
         axes = split_axes(model)
-        load_weights(model, src, ignore_keys=ignore, slicing=TensorSlicing(rank, mp_degree, axes))
+        load_model_weights(model, src)
         save_weights(model, rank_dir(dest, rank), max_shard_bytes=max_shard_bytes)
         del model
     _write_manifest(dest, mp_degree, axes)

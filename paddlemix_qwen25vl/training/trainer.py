@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Optional
 import paddle
 from paddlenlp.peft import LoRAModel
 from paddlenlp.trainer import Trainer, TrainerCallback
-from paddlenlp.trainer.trainer_utils import get_last_checkpoint
+from paddlenlp.trainer.trainer_utils import ShardingOption, get_last_checkpoint
 from paddlenlp.transformers.model_utils import unwrap_model
 
-from ..loading import load_weights
+from ..distributed.checkpoints import load_model_weights
 
 __all__ = ["Qwen2_5_VLTrainer", "DataSummaryCallback", "set_trainable", "trainable_parameter_names"]
 
@@ -89,17 +89,32 @@ class Qwen2_5_VLTrainer(Trainer):
         outputs = model(**inputs, use_cache=False, return_logits=False)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
+    def save_model(self, output_dir: Optional[str] = None, merge_tensor_parallel: Optional[bool] = False) -> None:
+        """paddlenlp's ``save_model``; under sharding stage3 the frozen parameters are gathered too.
+
+        Stage3 slices every parameter over 2^20 elements, frozen or not, and paddlenlp gathers
+        only the trainable ones before saving: a frozen ViT would be written from cleared
+        tensors. Every rank takes part in the gather (it is a collective), as in paddlenlp.
+        LoRA runs save their adapters only, which are trainable.
+        """
+        frozen = not isinstance(self.model, LoRAModel) and any(p.stop_gradient for p in self.model.parameters())
+        if frozen and ShardingOption.FULL_SHARD in self.args.sharding:
+            self.model_wrapped.get_all_parameters(convert2cpu=True, with_freeze_param=True)
+        super().save_model(output_dir, merge_tensor_parallel)
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel: bool = False) -> None:
+        """Called on the processes that hold a full replica's state (``should_save_model_state``):
+        process 0, and under tensor parallelism every rank of the first group, each writing its slices."""
         output_dir = output_dir or self.args.output_dir
+        model = unwrap_model(self.model)
         if isinstance(self.model, LoRAModel):
             super()._save(output_dir, state_dict, merge_tensor_parallel)
-        elif self.args.should_save:
-            # Under sharding stage3 Trainer.save_model has gathered every parameter to this
-            # process (get_all_parameters) before calling _save: the full weights are written.
+        elif self.args.should_save or model.mp.world_size > 1:
             os.makedirs(output_dir, exist_ok=True)
             logger.info(f"Saving model checkpoint to {output_dir}")
-            unwrap_model(self.model).save_pretrained(output_dir)
-            paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            model.save_pretrained(output_dir)
+            if self.args.should_save:
+                paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self.args.should_save and self.processor is not None:
             self.processor.save_pretrained(output_dir)
 
@@ -111,5 +126,4 @@ class Qwen2_5_VLTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint-* folder in {self.args.output_dir} to resume from")
         logger.info(f"Loading model from {resume_from_checkpoint}")
-        model = unwrap_model(self.model)
-        load_weights(model, resume_from_checkpoint, ignore_keys=("lm_head.weight",) if model.config.tie_word_embeddings else ())
+        load_model_weights(unwrap_model(self.model), resume_from_checkpoint)  # this rank's folder under tensor parallelism
