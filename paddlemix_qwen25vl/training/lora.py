@@ -23,7 +23,19 @@ def add_lora(
     lora_path: Optional[str] = None,
 ) -> LoRAModel:
     """Wrap ``model`` with LoRA adapters on the Linear layers whose names fully match a regex of
-    ``target_modules`` (or load the adapters saved at ``lora_path``); only adapters are trainable."""
+    ``target_modules`` (or load the adapters saved at ``lora_path``); only adapters are trainable.
+
+    Not under tensor parallelism: paddlenlp's LoRAModel would replace this library's parallel
+    layers (``nn.Linear`` subclasses) with plain ``LoRALinear``, whose forward skips the
+    row-parallel all-reduce, and its parallel LoRA layers are fleet's, which have no CPU kernels.
+    """
+    if model.mp.world_size > 1:
+        raise ValueError(
+            f"LoRA with tensor parallelism (tensor_parallel_degree={model.mp.world_size}) is not supported: "
+            "the adapters would replace the tensor-parallel projections with single-device ones. "
+            "Use --tensor_parallel_degree 1 (LoRA fits with --sharding stage2 or stage3), or full "
+            "fine-tuning under tensor parallelism."
+        )
     if lora_path:
         lora_model = LoRAModel.from_pretrained(model, lora_path)
     else:
