@@ -2,7 +2,10 @@
 JIT path ``paddlemix_qwen25vl.ops.build_ops`` so both build the same library."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
+from typing import Iterable
 
 import paddle
 
@@ -20,13 +23,37 @@ CUDA_SOURCES = ["flash_attn_varlen_cuda_binding.cc", "flash_attn_varlen_cuda.cu"
 # targets without AVX-512; those helpers are always inlined.
 CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"]
 LD_FLAGS = ["-fopenmp"]
-# fp32 accumulation everywhere; sm_80 (A100) and sm_90 (H100) are the targets.
-NVCC_FLAGS = [
-    "-O3",
-    "--use_fast_math",
-    "-gencode=arch=compute_80,code=sm_80",
-    "-gencode=arch=compute_90,code=sm_90",
-]
+# The CUDA kernels run where Paddle has no flash kernel: V100 (sm_70) and T4 (sm_75), as well as
+# A100/H100 (sm_80/sm_90, for fp32 and as the fallback). Machine code for each of these the
+# toolkit still compiles (CUDA 13 dropped sm_70), plus PTX of the newest, which the driver
+# compiles for later GPUs (sm_100, sm_120) that would otherwise find "no kernel image".
+CUDA_ARCHS = (70, 75, 80, 90)
+
+
+def nvcc_flags(toolkit_archs: Iterable[int]) -> list[str]:
+    """nvcc flags for the CUDA_ARCHS that ``toolkit_archs`` (``nvcc --list-gpu-code``) includes;
+    fp32 accumulation everywhere."""
+    archs = [arch for arch in CUDA_ARCHS if arch in set(toolkit_archs)]
+    if not archs:
+        raise RuntimeError(f"this nvcc compiles none of sm_{', sm_'.join(map(str, CUDA_ARCHS))}")
+    machine_code = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in archs]
+    ptx = f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"
+    return ["-O3", "--use_fast_math", *machine_code, ptx]
+
+
+def toolkit_archs() -> list[int]:
+    """The sm_XX the nvcc that Paddle's extension builder uses can compile (CUDA_ARCHS if it has no such list)."""
+    from paddle.utils.cpp_extension.extension_utils import find_cuda_home
+
+    nvcc = os.path.join(find_cuda_home() or "/usr/local/cuda", "bin", "nvcc")
+    try:
+        codes = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return list(CUDA_ARCHS)
+    return [int(code[3:]) for code in codes if code.startswith("sm_") and code[3:].isdigit()]
+
+
+NVCC_FLAGS = nvcc_flags(toolkit_archs() if paddle.is_compiled_with_cuda() else CUDA_ARCHS)
 
 
 def with_cuda() -> bool:
