@@ -47,10 +47,11 @@ def cpu_level(request, monkeypatch):
     return _cap_isa(request, monkeypatch)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def custom_ops():
-    """Build (or reuse) the custom flash-attention operator once, so that every
-    attn_implementation="flash_attention_2" test runs it rather than the sdpa fallback."""
+    """Build (or reuse) the custom operators once per session; modules whose tests run
+    attn_implementation="flash_attention_2" or the operators ask for it (``pytestmark``), so
+    they run the operators rather than the fallbacks and other test runs compile nothing."""
     from paddlemix_qwen25vl.ops import build_ops
 
     return build_ops()

@@ -11,6 +11,8 @@ from paddlemix_qwen25vl import attention
 from paddlemix_qwen25vl.ops import decode_attention as decode_module
 from paddlemix_qwen25vl.ops.decode_attention import decode_attention, decode_attention_applies
 
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+
 
 def oracle(q, k, v, scale):
     """softmax(q k^T * scale) v in float64, query head h on kv head h // group."""

@@ -10,6 +10,8 @@ from paddlemix_qwen25vl.generation import apply_repetition_penalty, choose_next_
 from reference import TOKENS
 from test_parity import make_inputs
 
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+
 NEW_TOKENS = 32
 CASES = [
     ("single_image", [([("image", (1, 8, 10))], [4, 5], [])]),

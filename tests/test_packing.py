@@ -8,6 +8,8 @@ from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from paddlemix_qwen25vl.attention import sequence_runs
 from test_parity import make_inputs
 
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+
 SAMPLES = [
     [([("image", (1, 4, 6))], [3, 4], [])],
     [([], [9], [])],

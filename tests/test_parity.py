@@ -8,6 +8,8 @@ import torch
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from reference import TOKENS, build_sample, left_pad, pixels_for
 
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+
 # (name, rows): each row is (items, text run lengths, second_per_grid_ts of its videos)
 CASES = [
     ("images_of_several_sizes", [([("image", (1, 8, 8)), ("image", (1, 10, 14)), ("image", (1, 4, 6))], [3, 2, 4, 5], [])]),

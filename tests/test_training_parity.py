@@ -8,6 +8,8 @@ import torch
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from test_parity import make_inputs
 
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+
 ROWS = [
     ([("image", (1, 8, 10)), ("video", (2, 4, 4))], [3, 2, 4], [0.5]),
     ([("image", (1, 4, 6))], [4, 3], []),
