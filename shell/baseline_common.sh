@@ -1,3 +1,4 @@
+#!/bin/sh
 # Shared body of the shell/baseline_*.sh fine-tuning recipes (PaddleMIX's, flag for flag).
 # POSIX sh (runs the same under dash and bash); each recipe sets its RECIPE_* values and
 # sources this file with `.`, which sees the recipe's own arguments in "$@".

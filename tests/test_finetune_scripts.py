@@ -1,4 +1,4 @@
-"""The shell/baseline_*.sh scripts run a few steps on CPU (sharding and bf16 switched off with a notice)."""
+"""The shell/baseline_*.sh scripts run a few steps on CPU under sh (sharding and bf16 switched off with a notice)."""
 
 import glob
 import os
@@ -18,7 +18,7 @@ SCRIPTS = sorted(glob.glob(os.path.join(REPO, "shell", "baseline_*.sh")))
 def test_every_script_parses():
     assert len(SCRIPTS) == 8  # 7 launchers + the shared baseline_common.sh
     for script in SCRIPTS:
-        subprocess.run(["bash", "-n", script], check=True)
+        subprocess.run(["sh", "-n", script], check=True)
 
 
 @pytest.mark.parametrize("name", ["baseline_3b_bs32_1e8", "baseline_7b_lora_bs32_1e8", "baseline_3b_bs32_1e8_stage3"])
@@ -26,7 +26,7 @@ def test_script_trains_on_cpu(name, tiny_checkpoint, meta_path, tmp_path):
     out = str(tmp_path / name)
     env = dict(os.environ, MODEL=tiny_checkpoint, META_PATH=meta_path, OUTPUT_DIR=out, BATCH_SIZE="4",
                PER_DEVICE_BATCH_SIZE="2", LR="1e-3")
-    run = subprocess.run(["bash", os.path.join(REPO, "shell", f"{name}.sh"), "--max_steps", "2", "--image_resolution", "112"],
+    run = subprocess.run(["sh", os.path.join(REPO, "shell", f"{name}.sh"), "--max_steps", "2", "--image_resolution", "112"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "NOTICE: no GPU found" in run.stderr
