@@ -24,7 +24,7 @@ import paddle
 import paddle.distributed as dist
 
 from paddlemix_qwen25vl import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-from paddlemix_qwen25vl.cli import answer, build_parser, compute_dtype
+from paddlemix_qwen25vl.cli import answer, build_parser
 from paddlemix_qwen25vl.demo import DEMO_IMAGE, resolve_model_or_demo
 from paddlemix_qwen25vl.distributed import check_tensor_parallel_config, is_main_process
 from paddlemix_qwen25vl.loading import resolve_model_path
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, path: str) -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=compute_dtype(args.dtype), attn_implementation=args.attn_implementation, mp_degree=args.mp_degree
+        path, dtype=args.dtype, attn_implementation=args.attn_implementation, mp_degree=args.mp_degree
     )
     processor = Qwen2_5_VLProcessor.from_pretrained(path, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     paddle.seed(args.seed)  # the same sampled tokens on every rank

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import resource
 import time
@@ -22,10 +21,7 @@ from .modeling import Qwen2_5_VLForConditionalGeneration
 from .processing import Qwen2_5_VLProcessor, process_vision_info
 from .runtime import DTYPES, on_gpu, set_device
 
-__all__ = ["build_parser", "load", "answer", "compute_dtype", "single_image_main"]
-
-logger = logging.getLogger("paddlemix_qwen25vl")
-
+__all__ = ["build_parser", "load", "answer", "single_image_main"]
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Parser with the flags every inference script takes."""
@@ -35,7 +31,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=0.01)
     parser.add_argument("--temperature", type=float, default=0.01)
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16", help=f"one of {', '.join(DTYPES)}; bfloat16 falls back to float32 on CPU")
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="bfloat16 and float16 fall back to float32 on CPU")
     parser.add_argument("--attn_implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
     parser.add_argument("--decode_strategy", default="greedy_search", choices=["greedy_search", "sampling"])
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
@@ -47,19 +43,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def compute_dtype(requested: str) -> str:
-    """The dtype to run in: half precision falls back to float32 with a warning on CPU."""
-    if requested not in DTYPES:
-        raise SystemExit(f"--dtype {requested!r} is not one of {', '.join(DTYPES)}")
-    if requested != "float32" and not on_gpu():
-        logger.warning("%s has no CPU matmul kernels in Paddle: running in float32 instead", requested)
-        return "float32"
-    if requested == "bfloat16" and not paddle.amp.is_bfloat16_supported():
-        logger.warning("this GPU has no bfloat16 support: running in float16 instead")
-        return "float16"
-    return requested
-
-
 def load(args: argparse.Namespace) -> Tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """Set the device, then load the model and processor named by ``--model_path`` (or the demo)."""
     try:
@@ -68,7 +51,7 @@ def load(args: argparse.Namespace) -> Tuple[Qwen2_5_VLForConditionalGeneration, 
         raise SystemExit(str(err)) from None
     path = resolve_model_or_demo(args.model_path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=compute_dtype(args.dtype), attn_implementation=args.attn_implementation
+        path, dtype=args.dtype, attn_implementation=args.attn_implementation
     )
     processor = Qwen2_5_VLProcessor.from_pretrained(path, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     return model, processor

@@ -79,23 +79,26 @@ def set_device(device: Optional[str]) -> str:
 
 
 def resolve_dtype(requested: Optional[str], checkpoint_dtype: Optional[str] = None) -> str:
-    """Compute dtype for the current device.
+    """The compute dtype for the current device: the one dtype policy of the library.
 
     ``None`` means float32 on CPU and the checkpoint's dtype (bfloat16 for the released
-    weights) on GPU. bfloat16/float16 on CPU raise: Paddle has no half-precision matmul
-    kernels there, although ``paddle.amp.is_bfloat16_supported()`` says otherwise.
+    weights) on GPU. Half precision on CPU falls back to float32 with a warning: Paddle has no
+    half-precision matmul kernels there, although ``paddle.amp.is_bfloat16_supported()`` says
+    otherwise (the float32 copy holds exactly the checkpoint's values). bfloat16 on a GPU
+    without it (compute capability < 8.0) falls back to float16 with a warning. Unknown names raise.
     """
     if requested is None:
         if not on_gpu():
             return "float32"
         requested = checkpoint_dtype or "bfloat16"
-    name = _DTYPE_ALIASES.get(str(requested).replace("paddle.", ""), str(requested).replace("paddle.", ""))
+    name = str(requested).replace("paddle.", "")
+    name = _DTYPE_ALIASES.get(name, name)
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {requested!r}; use one of {', '.join(DTYPES)}")
     if name != "float32" and not on_gpu():
-        raise ValueError(
-            f"dtype {name} needs a GPU: Paddle has no {name} matmul kernels on CPU. Use dtype='float32' on CPU."
-        )
+        logger.warning("%s has no CPU matmul kernels in Paddle: running in float32 instead", name)
+        return "float32"
     if name == "bfloat16" and not paddle.amp.is_bfloat16_supported():
-        raise ValueError("dtype bfloat16 is not supported by this GPU (needs compute capability >= 8.0); use float16")
+        logger.warning("this GPU has no bfloat16 support (needs compute capability >= 8.0): running in float16 instead")
+        return "float16"
     return name

@@ -64,7 +64,7 @@ def test_grounding_script_saves_picture(demo_env, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--dtype", "float8"], "--dtype 'float8' is not one of"),
+    (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--max_new_tokens", "40000"], "exceeds the model's maximum of 32768 positions"),
     (["--image_file", "/no/such/image.png"], "/no/such/image.png"),
