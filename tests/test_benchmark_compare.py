@@ -1,16 +1,20 @@
-"""The comparison harness (benchmarks/compare.py): FLOP/byte counting, the report writer, the
-vision-memory check, the streamed checkpoint writer and a smoke run of this library's worker."""
+"""The comparison harness (benchmarks/compare.py, benchmarks/harness/): FLOP/byte counting, the
+report writer, the vision-memory check, the streamed checkpoint writer, a smoke run of this
+library's worker, and the worker's standard-library-only imports."""
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_compare", REPO / "benchmarks" / "compare.py")
-compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare)
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/compare.py imports the harness the same way
+
+from harness import checkpoints, counts, machine as machine_probe, options, orchestrate, report, runs, summary  # noqa: E402
+from harness.common import run_worker  # noqa: E402
 
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
@@ -19,26 +23,26 @@ needs_transformers = pytest.mark.skipif(
 
 
 def test_quick_config_shapes():
-    config = compare.bench_config("quick")
+    config = checkpoints.bench_config("quick")
     assert config["num_hidden_layers"] == 4 and config["vocab_size"] == 151936 and config["tie_word_embeddings"]
     assert config["vision_config"]["depth"] == 8 and config["vision_config"]["fullatt_block_indexes"] == [3, 7]
-    assert compare.bench_config("full")["num_hidden_layers"] == 36
+    assert checkpoints.bench_config("full")["num_hidden_layers"] == 36
 
 
 def test_window_lengths_follow_the_reference_partition():
-    vision = compare.bench_config("quick")["vision_config"]
+    vision = checkpoints.bench_config("quick")["vision_config"]
     # 672 px: 48x48 patches = 24x24 merged tokens = 6x6 windows of 4x4 merged tokens (64 patches)
-    assert compare.vision_window_lengths((1, 48, 48), vision) == [64] * 36
+    assert counts.vision_window_lengths((1, 48, 48), vision) == [64] * 36
     # 20x28 patches: 10x14 merged tokens -> rows of 4, 4, 2 and columns of 4, 4, 4, 2; two frames
     rows, cols = [4, 4, 2], [4, 4, 4, 2]
     expected = [4 * r * c for r in rows for c in cols] * 2
-    assert compare.vision_window_lengths((2, 20, 28), vision) == expected
+    assert counts.vision_window_lengths((2, 20, 28), vision) == expected
     assert sum(expected) == 2 * 20 * 28
 
 
 def test_prefill_flops_of_the_quick_model():
-    config = compare.bench_config("quick")
-    flops = compare.prefill_flops([(1, 48, 48)], prompt_tokens=600, config=config)
+    config = checkpoints.bench_config("quick")
+    flops = counts.prefill_flops([(1, 48, 48)], prompt_tokens=600, config=config)
     patches, d, inter = 2304, 1280, 3420
     vision = (
         2 * 1176 * d * patches  # patch embedding (3 x 2 x 14 x 14 inputs)
@@ -55,8 +59,8 @@ def test_prefill_flops_of_the_quick_model():
 
 
 def test_decode_bytes_of_the_quick_model():
-    config = compare.bench_config("quick")
-    nbytes = compare.decode_bytes_per_token(config, context=100)
+    config = checkpoints.bench_config("quick")
+    nbytes = counts.decode_bytes_per_token(config, context=100)
     layer = 2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008 + (2048 + 512) + 2 * 2048
     assert nbytes["decoder_weights"] == 4 * (4 * layer + 2048)
     assert nbytes["lm_head"] == 4 * 2048 * 151936
@@ -67,10 +71,10 @@ def test_decode_bytes_of_the_quick_model():
 def test_vision_memory_linearity():
     linear = [{"patches": n, "extra_peak_mib": 10 + 0.1 * n} for n in (576, 2304, 5184)]
     quadratic = [{"patches": n, "extra_peak_mib": 10 + 1e-4 * n * n} for n in (576, 2304, 5184)]
-    assert compare.vision_memory_linearity(linear)[0] == "PASS"
-    verdict, growth = compare.vision_memory_linearity(quadratic)
+    assert summary.vision_memory_linearity(linear)[0] == "PASS"
+    verdict, growth = summary.vision_memory_linearity(quadratic)
     assert verdict == "FAIL" and growth == pytest.approx((5184 + 2304) / (2304 + 576))
-    assert compare.vision_memory_linearity(linear[:2]) == ("n/a", None)
+    assert summary.vision_memory_linearity(linear[:2]) == ("n/a", None)
 
 
 def _row(impl, label, prefill_s, decode_tok_s):
@@ -82,7 +86,7 @@ def _row(impl, label, prefill_s, decode_tok_s):
 
 def test_summary_targets_and_reports(tmp_path):
     results = {
-        "config_name": "quick", "config": compare.bench_config("quick"), "threads": 2, "repeats": 3,
+        "config_name": "quick", "config": checkpoints.bench_config("quick"), "threads": 2, "repeats": 3,
         "paddleformers_repeats": 1, "new_tokens": 32, "notes": ["a note"],
         "machine": {"bandwidth_gb_s": {"numpy": 10.0, "paddle": 12.0}, "gemm_gflop_s": 200.0, "gemm_n": 4096},
         "rows": [
@@ -95,7 +99,7 @@ def test_summary_targets_and_reports(tmp_path):
         ],
         "vision_memory": {"paddlemix-flash_attention_2": [{"patches": n, "extra_peak_mib": 0.1 * n} for n in (576, 2304, 5184)]},
     }
-    compare.summarize(results)
+    summary.summarize(results)
     targets = {t["target"]: t for t in results["targets"] if t["media"] == "image"}
     assert {t["verdict"] for t in results["targets"] if t["media"] == "video"} == {"n/a"}  # only an error row
     # each library's fastest attention: ours flash_attention_2, transformers' sdpa
@@ -106,13 +110,13 @@ def test_summary_targets_and_reports(tmp_path):
     assert targets["decode_vs_paddleformers"]["verdict"] == "FAIL"
     assert targets["vision_memory_linear"]["verdict"] == "PASS"
     ours = results["rows"][1]
-    total_flops = compare.prefill_flops([[1, 48, 48]], 600, results["config"])["total"]
+    total_flops = counts.prefill_flops([[1, 48, 48]], 600, results["config"])["total"]
     assert ours["prefill_frac_gemm"] == pytest.approx(total_flops / 3.0 / 1e9 / 200.0)
-    bound = 12e9 / compare.decode_bytes_per_token(results["config"], 600 + 16)["total"]  # best bandwidth
+    bound = 12e9 / counts.decode_bytes_per_token(results["config"], 600 + 16)["total"]  # best bandwidth
     assert ours["decode_frac_bound"] == pytest.approx(4.0 / bound)
     assert ours["tokens_agree_with_transformers"] == 3
 
-    paths = compare.write_reports(results, tmp_path / "compare")
+    paths = report.write_reports(results, tmp_path / "compare")
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert json.loads(paths[0].read_text())["targets"]
     table = paths[1].read_text()
@@ -126,9 +130,9 @@ def test_paddleformers_runs_get_their_own_repeats(tmp_path, monkeypatch):
     """PaddleFormers decodes without its KV cache (minutes per run): --paddleformers_repeats, not --repeats."""
     python = tmp_path / "python"
     python.write_text("")
-    args = compare.parse_args(["--repeats", "3", "--paddleformers_repeats", "1", "--paddleformers_python", str(python)])
-    monkeypatch.setattr(compare, "_available", lambda module, python=None: True)  # both peers "installed"
-    runs = compare.plan_runs(args, tmp_path, [])
+    args = options.parse_args(["--repeats", "3", "--paddleformers_repeats", "1", "--paddleformers_python", str(python)])
+    monkeypatch.setattr(orchestrate, "_available", lambda module, python=None: True)  # both peers "installed"
+    runs = orchestrate.plan_runs(args, tmp_path, [])
     repeats = {(r["impl"], r["media"]): r["repeats"] for r in runs}
     assert repeats[("paddleformers", "image")] == repeats[("paddleformers", "video")] == 1
     assert {v for (impl, _), v in repeats.items() if impl != "paddleformers"} == {3}
@@ -139,10 +143,10 @@ def test_streamed_checkpoint_matches_save_pretrained(tmp_path):
     from safetensors import safe_open
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    config = Qwen2_5_VLConfig(**compare.bench_config("tiny"))
+    config = Qwen2_5_VLConfig(**checkpoints.bench_config("tiny"))
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(str(tmp_path / "saved"))
     (tmp_path / "streamed").mkdir()
-    compare._save_streamed(config, tmp_path / "streamed", shard_bytes=20 << 20)  # several shards
+    checkpoints._save_streamed(config, tmp_path / "streamed", shard_bytes=20 << 20)  # several shards
 
     def shapes(path):
         out = {}
@@ -160,18 +164,18 @@ def test_streamed_checkpoint_matches_save_pretrained(tmp_path):
 
 @needs_transformers
 def test_paddlemix_worker_smoke_run(tmp_path):
-    checkpoint = compare.build_checkpoint("tiny", tmp_path / "tiny", streamed=False)
+    checkpoint = checkpoints.build_checkpoint("tiny", tmp_path / "tiny", streamed=False)
     assert (checkpoint / "chat_template.json").exists()
     spec = {"task": "timing", "impl": "paddlemix", "checkpoint": str(checkpoint), "threads": 1, "repeats": 1,
             "new_tokens": 3, "media": "image", "image_size": 56, "video_frames": 2, "video_size": 56}
-    result = compare.run_worker(spec)
+    result = run_worker(spec)
     assert "error" not in result, result.get("error")
     assert result["grids"] == [[1, 4, 4]] and len(result["tokens"]) == 3
     assert result["prefill_s"] > 0 and result["peak_rss_mib"] > 0
     # in this process (one interpreter start less); the thread count it sets is the default one
     from paddlemix_qwen25vl.runtime import default_num_threads
 
-    memory = compare.run_vision_memory({**spec, "threads": default_num_threads()})
+    memory = runs.run_vision_memory({**spec, "threads": default_num_threads()})
     assert memory["patches"] == 16 and memory["extra_peak_mib"] >= 0
 
 
@@ -180,12 +184,43 @@ def test_machine_probe_records_the_cpu_and_every_librarys_gemm():
     """The GEMM peak is the best library's (Paddle's own MKL path can be 3x below the machine's
     on AMD CPUs), and the CPU and the code paths in use are part of the record."""
     probe = {"threads": 1, "machine_repeats": 1, "gemm_n": 256}
-    machine = compare.run_worker({"task": "machine", "bandwidth_bytes": 1 << 24, **probe})
+    machine = run_worker({"task": "machine", "bandwidth_bytes": 1 << 24, **probe})
     assert "error" not in machine, machine.get("error")
-    torch_gemm = compare.run_worker({"task": "torch_gemm", **probe})
+    torch_gemm = run_worker({"task": "torch_gemm", **probe})
     assert "error" not in torch_gemm, torch_gemm.get("error")
     assert set(machine["gemm_gflop_s_by_library"]) == {"paddle", "numpy"} and torch_gemm["torch"] > 0
     cpu = machine["cpu"]
     assert cpu["isa_in_use"] in ("baseline", "avx2", "avx512") and cpu["model"] and cpu["mkl_code_path"]
     if cpu["vendor"] == "AuthenticAMD" and cpu["isa_in_use"] != "baseline":
         assert cpu["mkl_code_path"].startswith("MKL_DEBUG_CPU_TYPE=5")
+
+
+def test_gemm_peak_is_the_best_librarys_and_failures_become_notes():
+    """probe_machine merges torch's GEMM (its own worker) into the machine probe's and takes the best."""
+    probe = {"threads": 1, "machine_repeats": 1, "gemm_n": 8}
+    found = {"machine": {"bandwidth_gb_s": {"numpy": 1.0}, "gemm_gflop_s_by_library": {"paddle": 10.0, "numpy": 30.0}},
+             "torch_gemm": {"torch": 20.0}}
+    notes = []
+    got = machine_probe.probe_machine(probe, 1 << 20, notes, run=lambda spec: json.loads(json.dumps(found[spec["task"]])))
+    assert got["gemm_gflop_s_by_library"] == {"paddle": 10.0, "numpy": 30.0, "torch": 20.0}
+    assert got["gemm_gflop_s"] == 30.0 and notes == []
+    found["torch_gemm"] = {"error": "exit code 1: no torch"}
+    got = machine_probe.probe_machine(probe, 1 << 20, notes, run=lambda spec: json.loads(json.dumps(found[spec["task"]])))
+    assert got["gemm_gflop_s"] == 30.0 and notes == ["torch GEMM probe failed: exit code 1: no torch"]
+    found["machine"] = {"error": "exit code 1: boom"}
+    assert machine_probe.probe_machine(probe, 1 << 20, notes, run=lambda spec: dict(found[spec["task"]])) == {}
+    assert notes[-1] == "machine probe failed: exit code 1: boom"
+
+
+def test_the_worker_runs_with_the_standard_library_only():
+    """PaddleFormers' venv runs ``compare.py --worker`` without torch or this package: with
+    site-packages off (-S), compare.py and every harness module still import."""
+    modules = ", ".join(p.stem for p in sorted((REPO / "benchmarks" / "harness").glob("*.py")) if p.stem != "__init__")
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import compare; "
+            f"from harness import {modules}; "
+            "assert not {'numpy', 'paddle', 'torch', 'transformers', 'paddlemix_qwen25vl'} & set(sys.modules)")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-S", str(REPO / "benchmarks" / "compare.py"), "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "--paddleformers_python" in proc.stdout, proc.stderr

@@ -1,0 +1,148 @@
+"""Benchmark configs and their random checkpoints (real Qwen2.5-VL 3B shapes, written by
+transformers with the processor files), cached under ``--cache_dir``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from .common import REPO, run_worker
+
+DEFAULT_CACHE = Path.home() / ".cache" / "paddlemix_qwen25vl" / "bench"
+BASE_CONFIG = REPO / "configs" / "qwen2_5_vl_3b" / "config.json"
+CHECKPOINT_VERSION = "v1"
+
+
+def bench_config(name: str) -> Dict[str, Any]:
+    """The transformers config dict of a benchmark model: ``tiny``, ``quick`` or ``full``."""
+    config = json.loads(BASE_CONFIG.read_text())
+    config["torch_dtype"] = "float32"
+    if name == "quick":
+        config["num_hidden_layers"] = 4
+        config["vision_config"].update(depth=8, fullatt_block_indexes=[3, 7])
+    elif name == "tiny":
+        config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+        config["vision_config"].update(depth=2, hidden_size=64, intermediate_size=128, num_heads=4,
+                                       out_hidden_size=64, fullatt_block_indexes=[1])
+    elif name != "full":
+        raise ValueError(f"unknown config {name!r}; use tiny, quick or full")
+    return config
+
+
+def checkpoint_dir(cache_dir: Path, name: str) -> Path:
+    """Where the checkpoint of config ``name`` is cached."""
+    return cache_dir / f"{name}-{CHECKPOINT_VERSION}"
+
+
+def _init_tensor(shape: Sequence[int], kind: str, generator: Any) -> Any:
+    """One float32 parameter as transformers initialises Qwen2.5-VL: norms 1, biases 0, else N(0, 0.02)."""
+    import torch
+
+    if kind == "norm":
+        return torch.ones(shape)
+    if kind == "bias":
+        return torch.zeros(shape)
+    return torch.empty(shape).normal_(0.0, 0.02, generator=generator)
+
+
+def _shard_groups(shapes: Dict[str, Sequence[int]], shard_bytes: int) -> List[List[str]]:
+    """Parameter names in order, cut into groups of at most ``shard_bytes`` float32 bytes."""
+    groups: List[List[str]] = [[]]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = 4 * math.prod(shape)
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
+
+
+def _save_streamed(config: Any, path: Path, shard_bytes: int = 2 << 30) -> None:
+    """Write random float32 weights shard by shard, in the keys and files save_pretrained writes.
+
+    The model is built on the meta device, so only one shard (not the whole model, let alone
+    a second copy while saving) is ever in memory.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    norms = {f"{m}.weight" for m, module in model.named_modules() if "RMSNorm" in type(module).__name__}
+    shapes = {n: p.shape for n, p in model.named_parameters()
+              if not (config.tie_word_embeddings and n == "lm_head.weight")}
+    groups = _shard_groups(shapes, shard_bytes)
+    generator = torch.Generator().manual_seed(0)
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {}
+        for name in group:
+            kind = "norm" if name in norms else "bias" if name.endswith(".bias") else "weight"
+            tensors[name] = _init_tensor(shapes[name], kind, generator)
+            weight_map[name] = file
+            total += 4 * tensors[name].numel()
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(str(path))
+    GenerationConfig.from_model_config(config).save_pretrained(str(path))
+
+
+def _write_processor_files(path: Path) -> None:
+    """Tokenizer, image processor and chat template files both libraries' processors load."""
+    from paddlemix_qwen25vl import Qwen2_5_VLImageProcessor, build_tokenizer_files
+    from paddlemix_qwen25vl.processing.chat_template import QWEN2_5_VL_CHAT_TEMPLATE
+
+    build_tokenizer_files(str(path))
+    Qwen2_5_VLImageProcessor().save_pretrained(str(path))
+    # transformers' AutoProcessor reads the template from chat_template.json and needs the
+    # processor class named in preprocessor_config.json.
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}))
+    pre = json.loads((path / "preprocessor_config.json").read_text())
+    pre.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor")
+    (path / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+
+
+def build_checkpoint(name: str, path: Path, streamed: bool) -> Path:
+    """Build the random checkpoint ``name`` at ``path`` with transformers, plus processor files.
+
+    The result loads with this library's and transformers' ``from_pretrained`` and processor
+    classes. Written to a temporary directory first so that an interrupted build is redone.
+    """
+    import shutil
+
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = Qwen2_5_VLConfig(**bench_config(name))
+    if streamed:
+        _save_streamed(config, tmp)
+    else:
+        torch.manual_seed(0)
+        Qwen2_5_VLForConditionalGeneration(config).float().save_pretrained(str(tmp))
+    _write_processor_files(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_checkpoint(name: str, cache_dir: Path) -> Path:
+    """The cached checkpoint of config ``name``, built (in a worker process) on first use."""
+    path = checkpoint_dir(cache_dir, name)
+    if not (path / "config.json").exists() or not (path / "chat_template.json").exists():
+        print(f"Building the {name} checkpoint at {path} (once)", flush=True)
+        result = run_worker({"task": "build", "config": name, "checkpoint": str(path), "streamed": name == "full"})
+        if "error" in result:
+            raise RuntimeError(f"building the {name} checkpoint failed: {result['error']}")
+    return path

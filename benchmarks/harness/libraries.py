@@ -1,0 +1,132 @@
+"""One adapter per measured library (this library, transformers, PaddleFormers): load,
+preprocess, run the vision tower, generate greedily, behind one interface.
+
+Each adapter imports its library inside ``load``: a worker imports only the one it measures.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from .workload import media_kwargs
+
+PAD_TOKEN_ID = 151643  # <|endoftext|>
+
+
+def vision_inputs(inputs: Dict[str, Any], video: bool) -> Tuple[Any, Any]:
+    """(pixels [patches, 1176], grid_thw [items, 3]) of the processed image or video."""
+    if video:
+        return inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    return inputs["pixel_values"], inputs["image_grid_thw"]
+
+
+def grids(inputs: Dict[str, Any], video: bool) -> List[List[int]]:
+    """grid_thw as lists of ints, whatever the tensor type."""
+    grid = vision_inputs(inputs, video)[1]
+    return [[int(x) for x in row] for row in (grid.tolist() if hasattr(grid, "tolist") else grid)]
+
+
+class Library:
+    """The calls a timing run makes; ``spec`` is the worker's task (checkpoint, threads, attn, sizes)."""
+
+    def __init__(self, spec: Dict[str, Any]):
+        self.spec = spec
+
+    def media_kwargs(self, media: str) -> Dict[str, Any]:
+        """Processor keyword arguments for the spec's image or video."""
+        return media_kwargs(self.spec, media)
+
+
+class PaddleMix(Library):
+    """This library, float32, with ``spec["attn"]`` (flash_attention_2 on CPU: the operator of external_ops/)."""
+
+    def load(self) -> None:
+        import paddle
+
+        from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, set_num_threads
+
+        set_num_threads(self.spec["threads"])
+        self.paddle = paddle
+        attn = self.spec.get("attn", "sdpa")
+        if attn == "flash_attention_2":
+            from paddlemix_qwen25vl.ops import build_ops, has_flash_attn_op
+
+            if not has_flash_attn_op():
+                build_ops()  # compiled once into the user cache, then loaded
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], attn_implementation=attn)
+        self.model.eval()
+        self.processor = Qwen2_5_VLProcessor.from_pretrained(self.spec["checkpoint"])
+
+    def preprocess(self, text: str, media: Dict[str, Any]) -> Dict[str, Any]:
+        return self.processor(text=[text], return_tensors="pd", **media)
+
+    def vision(self, inputs: Dict[str, Any], video: bool) -> None:
+        pixels, grid = vision_inputs(inputs, video)
+        with self.paddle.no_grad():  # a context, not a global switch: this also runs inside the tests' process
+            self.model.visual(pixels, grid_thw=grid).numpy()
+
+    def generate(self, inputs: Dict[str, Any], new_tokens: int, streamer: Any = None) -> List[int]:
+        tokens, _ = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                        decode_strategy="greedy_search", streamer=streamer)
+        return tokens.numpy()[0].tolist()
+
+
+class PaddleFormers(PaddleMix):
+    """PaddleFormers 1.2.0, float32, in its own venv (only paddle, numpy and Pillow there)."""
+
+    def media_kwargs(self, media: str) -> Dict[str, Any]:
+        kwargs = super().media_kwargs(media)
+        if "fps" in kwargs:  # its (transformers 5) processor validates fps as one number
+            kwargs["fps"] = kwargs["fps"][0]
+        return kwargs
+
+    def load(self) -> None:
+        import paddle
+        from paddleformers.transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+        paddle.base.core.set_num_threads(self.spec["threads"])  # paddle's CPU default is one thread
+        paddle.set_grad_enabled(False)
+        self.paddle = paddle
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], dtype="float32")
+        # Its fused RMSNorm kernel is GPU-only; the flag is read at every forward, from the
+        # config object each norm holds (the text and vision sub-configs as well).
+        for config in (self.model.config, getattr(self.model.config, "text_config", None),
+                       getattr(self.model.config, "vision_config", None)):
+            if config is not None:
+                config.fuse_rms_norm = False
+        self.model.eval()
+        self.processor = Qwen2_5_VLProcessor.from_pretrained(self.spec["checkpoint"])
+
+    def generate(self, inputs: Dict[str, Any], new_tokens: int, streamer: Any = None) -> List[int]:
+        tokens = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     decode_strategy="greedy_search", streamer=streamer)[0]
+        return tokens.numpy()[0].tolist()
+
+
+class Transformers(Library):
+    """transformers 4.51.3 on torch CPU with ``spec["attn"]`` (sdpa or eager)."""
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        torch.set_num_threads(self.spec["threads"])
+        torch.set_grad_enabled(False)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            self.spec["checkpoint"], torch_dtype=torch.float32, attn_implementation=self.spec["attn"]
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(self.spec["checkpoint"])
+
+    def preprocess(self, text: str, media: Dict[str, Any]) -> Dict[str, Any]:
+        return self.processor(text=[text], return_tensors="pt", **media)
+
+    def vision(self, inputs: Dict[str, Any], video: bool) -> None:
+        pixels, grid = vision_inputs(inputs, video)
+        self.model.visual(pixels, grid_thw=grid)
+
+    def generate(self, inputs: Dict[str, Any], new_tokens: int, streamer: Any = None) -> List[int]:
+        out = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, pad_token_id=PAD_TOKEN_ID, streamer=streamer)
+        return out[0, inputs["input_ids"].shape[-1]:].tolist()
+
+
+LIBRARIES = {"paddlemix": PaddleMix, "transformers": Transformers, "paddleformers": PaddleFormers}

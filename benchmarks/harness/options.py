@@ -1,0 +1,51 @@
+"""The command line of benchmarks/compare.py."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .checkpoints import DEFAULT_CACHE
+from .common import RESULTS_DIR
+
+DESCRIPTION = "Compare this library with transformers 4.51.3 and PaddleFormers on Qwen2.5-VL inference (CPU)."
+IMPLS = ("paddlemix", "transformers", "paddleformers")
+HF_ATTNS = ("sdpa", "eager")
+PM_ATTNS = ("sdpa", "flash_attention_2")  # flash_attention_2 on CPU: the operator of external_ops/
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options (``--worker JSON`` is the worker protocol, hidden from --help)."""
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--config", choices=("tiny", "quick", "full"), default="quick")
+    p.add_argument("--full", action="store_true", help="the whole 3B model (same as --config full)")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the best is reported)")
+    p.add_argument("--new_tokens", type=int, default=32)
+    p.add_argument("--media", nargs="+", choices=("image", "video"), default=["image", "video"])
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--hf_attn", nargs="+", choices=HF_ATTNS, default=list(HF_ATTNS),
+                   help="transformers attention implementations to run; the fastest is the baseline")
+    p.add_argument("--pm_attn", nargs="+", choices=PM_ATTNS, default=list(PM_ATTNS),
+                   help="this library's attention implementations to run; the fastest is measured against the targets")
+    p.add_argument("--image_size", type=int, default=672)
+    p.add_argument("--video_frames", type=int, default=16)
+    p.add_argument("--video_size", type=int, default=336)
+    p.add_argument("--memory_sizes", type=int, nargs="*", default=[336, 672, 1008],
+                   help="image sides for the vision-memory scaling check (empty: skip it)")
+    p.add_argument("--paddleformers_repeats", type=int, default=1,
+                   help="timed runs for PaddleFormers, which decodes without its KV cache (minutes per run, "
+                        "benchmarks/README.md); its rates are orders of magnitude off, one run decides its comparisons")
+    p.add_argument("--paddleformers_python", default="/tmp/pf_venv/bin/python",
+                   help="interpreter of a venv with paddleformers 1.2.0 (see benchmarks/README.md)")
+    p.add_argument("--bandwidth_gib", type=float, default=1.0)
+    p.add_argument("--gemm_n", type=int, default=4096)
+    p.add_argument("--machine_repeats", type=int, default=5)
+    p.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out_prefix", type=Path, default=RESULTS_DIR / "compare")
+    args = p.parse_args(argv)
+    if args.new_tokens < 2:
+        p.error("--new_tokens must be at least 2 (decode speed is measured between the first and the last token)")
+    return args

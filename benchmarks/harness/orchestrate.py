@@ -1,0 +1,125 @@
+"""The parent side of benchmarks/compare.py: which runs to make, in which order, each in its
+worker process, with the reports rewritten after every run."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .checkpoints import bench_config, ensure_checkpoint
+from .common import run_worker
+from .machine import probe_machine
+from .report import markdown_report, write_reports
+from .summary import fastest, summarize
+
+ROW_KEYS = ("impl", "label", "media", "attn")  # what a results row keeps of its spec
+
+
+def _available(module: str, python: str = sys.executable) -> bool:
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
+
+
+def _library_runs(args: argparse.Namespace, notes: List[str]) -> List[Dict[str, Any]]:
+    """One entry per (library, attention) to run; notes say which peers are missing."""
+    runs: List[Dict[str, Any]] = []
+    for impl in args.impls:
+        if impl == "transformers":
+            if not _available("transformers"):
+                notes.append("transformers is not installed: skipped")
+                continue
+            runs += [{"impl": impl, "attn": a, "label": f"transformers-{a}"} for a in args.hf_attn]
+        elif impl == "paddleformers":
+            python = args.paddleformers_python
+            if not (python and Path(python).exists() and _available("paddleformers", python)):
+                notes.append(f"PaddleFormers skipped: no paddleformers under {python} (see benchmarks/README.md)")
+                continue
+            runs.append({"impl": impl, "label": "paddleformers", "python": python, "repeats": args.paddleformers_repeats})
+        else:
+            runs += [{"impl": impl, "attn": a, "label": f"paddlemix-{a}"} for a in args.pm_attn]
+    return runs
+
+
+def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> List[Dict[str, Any]]:
+    """Timing specs, one per (input, implementation [, attention]); notes say what is skipped."""
+    base = {"task": "timing", "checkpoint": str(checkpoint), "threads": args.threads, "repeats": args.repeats,
+            "new_tokens": args.new_tokens, "image_size": args.image_size, "video_frames": args.video_frames,
+            "video_size": args.video_size}
+    libraries = _library_runs(args, notes)
+    return [{**base, **lib, "media": m} for m in args.media for lib in libraries]
+
+
+class _Session:
+    """The results so far, the progress bar, and the reports rewritten after each run."""
+
+    def __init__(self, args: argparse.Namespace, results: Dict[str, Any], total: int):
+        from tqdm.auto import tqdm
+
+        self.args, self.results = args, results
+        self.progress = tqdm(total=total, desc="compare", unit="run")
+
+    def step(self, label: str, spec: Dict[str, Any], python: str = sys.executable) -> Dict[str, Any]:
+        """One worker run, shown on the progress bar."""
+        self.progress.set_postfix_str(label)
+        result = run_worker(spec, python=python)
+        self.progress.update(1)
+        return result
+
+    def timing_rows(self, specs: List[Dict[str, Any]]) -> None:
+        for spec in specs:
+            result = self.step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
+            self.results["rows"].append({k: spec[k] for k in ROW_KEYS if k in spec} | result)
+            self.snapshot()
+
+    def vision_memory(self, impl: str, checkpoint: Path) -> None:
+        """The vision-memory points of ``impl`` with its fastest attention on the first input."""
+        args = self.args
+        best = fastest([r for r in self.results["rows"] if r["impl"] == impl and "prefill_s" in r])
+        attn = best["attn"] if best else (args.hf_attn if impl == "transformers" else args.pm_attn)[0]
+        label = f"{impl}-{attn}"
+        for size in args.memory_sizes:
+            spec = {"task": "vision_memory", "impl": impl, "attn": attn, "checkpoint": str(checkpoint),
+                    "threads": args.threads, "image_size": size}
+            point = self.step(f"vision memory {label} {size}px", spec)
+            self.results["vision_memory"].setdefault(label, []).append({"image_size": size} | point)
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        self.results["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_reports(summarize(self.results), self.args.out_prefix)
+
+
+def compare(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the comparison and write the reports; returns the results.
+
+    The reports are rewritten after every run, so an interrupted or still running
+    comparison leaves what it has measured so far. Order: machine limits, image rows, the
+    vision-memory check, video rows.
+    """
+    name = "full" if args.full else args.config
+    checkpoint = ensure_checkpoint(name, args.cache_dir)
+    notes: List[str] = []
+    runs = plan_runs(args, checkpoint, notes)
+    memory_impls = ["paddlemix"] + (["transformers"] if any(r["impl"] == "transformers" for r in runs) else [])
+    results: Dict[str, Any] = {"config_name": name, "config": bench_config(name), "checkpoint": str(checkpoint),
+                               "threads": args.threads, "repeats": args.repeats,
+                               "paddleformers_repeats": args.paddleformers_repeats, "new_tokens": args.new_tokens,
+                               "machine": {}, "rows": [], "vision_memory": {}, "notes": notes}
+    session = _Session(args, results, total=2 + len(runs) + len(memory_impls) * len(args.memory_sizes))
+
+    probe = {"threads": args.threads, "machine_repeats": args.machine_repeats, "gemm_n": args.gemm_n}
+    results["machine"] = probe_machine(probe, int(args.bandwidth_gib * 2**30), notes,
+                                       run=lambda spec: session.step(spec["task"], spec))
+    first_media = [r for r in runs if r["media"] == args.media[0]]
+    session.timing_rows(first_media)
+    for impl in memory_impls:
+        session.vision_memory(impl, checkpoint)
+    session.timing_rows(runs[len(first_media):])
+    session.progress.close()
+    session.snapshot()
+    print(f"wrote {args.out_prefix}.json, .md, .png")
+    print(markdown_report(results))
+    return results

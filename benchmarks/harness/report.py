@@ -1,0 +1,155 @@
+"""The summarized results as files: ``prefix``.json, a markdown table (.md) and a plot (.png)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROW_HEADER = [
+    "| input | implementation | preprocess s | vision s | prefill s | prefill GFLOP/s | % GEMM peak "
+    "| decode tok/s | % bandwidth bound | peak RSS GiB | prompt tokens | tokens = transformers' |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return _fmt(value * 100 if value is not None else None, 1)
+
+
+def _best_of(values: Dict[str, float], digits: int) -> str:
+    return ", ".join(f"{k} {_fmt(v, digits)}" for k, v in values.items())
+
+
+def _machine_line(results: Dict[str, Any]) -> str:
+    """Limits, CPU and how the rows were timed, in one paragraph."""
+    m = results["machine"]
+    bandwidth = m.get("bandwidth_gb_s", {})
+    line = (f"Machine: streaming read {_fmt(max(bandwidth.values()) if bandwidth else None, 1)} GB/s "
+            f"(best of {_best_of(bandwidth, 1)}), fp32 GEMM peak {_fmt(m.get('gemm_gflop_s'), 0)} GFLOP/s "
+            f"(best of {_best_of(m.get('gemm_gflop_s_by_library', {}), 0)}, {m.get('gemm_n')}^3). ")
+    if m.get("cpu"):
+        cpu = m["cpu"]
+        line += (f"CPU: {cpu['vendor']} {cpu['model']} ({', '.join(cpu['instruction_sets'])}); "
+                 f"code path {cpu['isa_in_use']}, {cpu['mkl_code_path']}. ")
+    line += f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up"
+    if any(r.get("impl") == "paddleformers" for r in results["rows"]):
+        return line + f" (PaddleFormers: {results.get('paddleformers_repeats', results['repeats'])})."
+    return line + "."
+
+
+def _row_line(r: Dict[str, Any]) -> str:
+    label = r["label"] + (" (fastest)" if r.get("fastest") else "")
+    if "error" in r:
+        return f"| {r['media']} | {label} | error: {r['error'].splitlines()[-1][:120] if r['error'] else ''} ||||||||||"
+    return (f"| {r['media']} | {label} | {_fmt(r['preprocess_s'], 3)} | {_fmt(r['vision_s'])} | {_fmt(r['prefill_s'])} "
+            f"| {_fmt(r.get('prefill_gflop_s'), 0)} | {_pct(r.get('prefill_frac_gemm'))} | {_fmt(r['decode_tok_s'])} "
+            f"| {_pct(r.get('decode_frac_bound'))} | {_fmt(r['peak_rss_mib'] / 1024)} | {r['prompt_tokens']} "
+            f"| {_fmt(r.get('tokens_agree_with_transformers'))}/{r['new_tokens']} |")
+
+
+def _target_line(t: Dict[str, Any]) -> str:
+    sign = ">=" if t["higher_is_better"] else "<="
+    if t["target"].endswith("paddleformers"):  # strict comparisons
+        sign = sign[0]
+    base = f" ({t['ours']} vs {t['baseline']})" if t.get("baseline") else (f" ({t['ours']})" if t.get("ours") else "")
+    return f"| {t['media']} | {t['description']}{base} | {_fmt(t['value'])} | {sign} {t['threshold']} | {t['verdict']} |"
+
+
+def _memory_lines(vision_memory: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+    lines = ["", "## Vision tower extra peak memory (one call, fresh process)", "",
+             "| implementation | patches | extra peak MiB | MiB per 1k patches |", "|---|---:|---:|---:|"]
+    for label, points in vision_memory.items():
+        for p in points:
+            if "error" in p:
+                lines.append(f"| {label} | {p.get('patches', '-')} | error | |")
+            else:
+                lines.append(f"| {label} | {p['patches']} | {_fmt(p['extra_peak_mib'], 0)} "
+                             f"| {_fmt(p['extra_peak_mib'] / p['patches'] * 1000, 1)} |")
+    return lines
+
+
+def markdown_report(results: Dict[str, Any]) -> str:
+    """The results as markdown: machine limits, one row per (input, implementation), targets."""
+    lines = [f"# Qwen2.5-VL inference on CPU: {results['config_name']} model, {results['threads']} threads", "",
+             _machine_line(results), "", *ROW_HEADER]
+    lines += [_row_line(r) for r in results["rows"]]
+    lines += ["", "## Targets (this library)", "", "| input | target | value | threshold | verdict |", "|---|---|---:|---:|---|"]
+    lines += [_target_line(t) for t in results["targets"]]
+    if results.get("vision_memory"):
+        lines += _memory_lines(results["vision_memory"])
+    lines += [""] + [f"- {note}" for note in results.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _bars(ax: Any, rows: List[Dict[str, Any]], key: str, title: str) -> None:
+    """One bar per (input, implementation); decode gets each input's bandwidth bound as a dashed line."""
+    medias = sorted({r["media"] for r in rows})
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        values = [next((r[key] or 0 for r in rows if r["media"] == m and r["label"] == label), 0) for m in medias]
+        ax.bar([j + i * width for j in range(len(medias))], values, width, label=label)
+    if key == "decode_tok_s":
+        for j, m in enumerate(medias):
+            bound = next((r.get("decode_bound_tok_s") for r in rows if r["media"] == m), None)
+            if bound:
+                ax.hlines(bound, j - width / 2, j + width * (len(labels) - 0.5), colors="k", linestyles="--",
+                          label="bandwidth bound" if j == 0 else None)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(medias))], medias)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _memory_curves(ax: Any, vision_memory: Dict[str, List[Dict[str, Any]]]) -> None:
+    for label, points in vision_memory.items():
+        pts = sorted((p["patches"], p["extra_peak_mib"]) for p in points if "extra_peak_mib" in p)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("patches")
+    ax.set_title("vision tower extra peak memory, MiB")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def plot_report(results: Dict[str, Any], path: Path) -> None:
+    """Bar charts of prefill, decode and peak RSS per input and implementation, and the vision
+    tower's extra peak memory against patches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if "prefill_s" in r]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    panels = [("prefill_s", "prefill (time to first token), s"), ("decode_tok_s", "decode, tokens/s"),
+              ("peak_rss_mib", "peak RSS, MiB")]
+    for ax, (key, title) in zip(axes.flat, panels):
+        _bars(ax, rows, key, title)
+    _memory_curves(axes.flat[3], results.get("vision_memory", {}))
+    fig.suptitle(f"Qwen2.5-VL {results['config_name']} on CPU, {results['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(results: Dict[str, Any], prefix: Path) -> List[Path]:
+    """Write ``prefix``.json, .md and .png (the plot when matplotlib is installed)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [prefix.with_suffix(".json"), prefix.with_suffix(".md")]
+    paths[0].write_text(json.dumps(results, indent=2))
+    paths[1].write_text(markdown_report(results))
+    try:
+        plot_report(results, prefix.with_suffix(".png"))
+        paths.append(prefix.with_suffix(".png"))
+    except ImportError:
+        results.setdefault("notes", []).append("matplotlib is not installed: no plot")
+    return paths

@@ -1,0 +1,93 @@
+"""The measurements a worker makes on one library: the timing run (preprocess, vision,
+prefill, decode, peak RSS) and the vision tower's extra peak memory."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+from .common import reset_peak_rss, status_kib, timed
+from .libraries import LIBRARIES, Library, grids
+from .workload import PROMPTS
+
+
+class TokenClock:
+    """A generation streamer that only records when each ``put`` arrives. transformers,
+    PaddleFormers and this library all put the prompt first, then each new token as it is
+    chosen, so one generate call yields the time to first token and the decode rate."""
+
+    def __init__(self) -> None:
+        self.times: List[float] = []
+
+    def put(self, value: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        """Nothing to flush."""
+
+
+def _time_generate(lib: Library, inputs: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, Any]:
+    """``repeats`` greedy generate calls of N tokens: prefill (to the first token), decode rate, whole call."""
+    new_tokens = spec["new_tokens"]
+    lib.generate(inputs, 2)  # warms the prefill and the decode paths
+    prefill, decode, full = [], [], []
+    for _ in range(spec["repeats"]):
+        clock = TokenClock()
+        start = time.perf_counter()
+        generated = lib.generate(inputs, new_tokens, streamer=clock)
+        full.append(time.perf_counter() - start)
+        # put() #0 is the prompt, #1 the first new token, #N the last
+        if len(generated) != new_tokens or len(clock.times) != new_tokens + 1:
+            raise RuntimeError(f"{spec['impl']} generated {len(generated)} tokens ({len(clock.times) - 1} streamed), "
+                               f"expected {new_tokens}")
+        prefill.append(clock.times[1] - start)
+        decode.append((new_tokens - 1) / (clock.times[-1] - clock.times[1]))
+    return {"prefill_s": prefill, "decode_tok_s": decode, "generate_s": full, "tokens": generated}
+
+
+def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Time one library on one input (``spec["media"]``) in this process; best of ``spec["repeats"]``."""
+    lib = LIBRARIES[spec["impl"]](spec)
+    start = time.perf_counter()
+    lib.load()
+    load_s = time.perf_counter() - start
+    rss_loaded = status_kib("VmRSS")
+    video = spec["media"] == "video"
+    text, media = PROMPTS[spec["media"]], lib.media_kwargs(spec["media"])
+
+    inputs = lib.preprocess(text, media)  # warm-up
+    preprocess = timed(lambda: lib.preprocess(text, media), spec["repeats"])
+    lib.vision(inputs, video)
+    vision = timed(lambda: lib.vision(inputs, video), spec["repeats"])
+    gen = _time_generate(lib, inputs, spec)
+    return {
+        "load_s": load_s,
+        "preprocess_s": min(preprocess),
+        "vision_s": min(vision),
+        "prefill_s": min(gen["prefill_s"]),
+        "generate_s": min(gen["generate_s"]),
+        "decode_tok_s": max(gen["decode_tok_s"]),
+        "samples": {"preprocess_s": preprocess, "vision_s": vision, "prefill_s": gen["prefill_s"],
+                    "decode_tok_s": gen["decode_tok_s"], "generate_s": gen["generate_s"]},
+        "prompt_tokens": int(inputs["input_ids"].shape[-1]),
+        "grids": grids(inputs, video),
+        "new_tokens": spec["new_tokens"],
+        "tokens": gen["tokens"],  # greedy tokens: equal across libraries when the weights load alike
+        "rss_loaded_mib": rss_loaded / 1024,
+        "peak_rss_mib": status_kib("VmHWM") / 1024,
+    }
+
+
+def run_vision_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Extra peak RSS of one (first, un-warmed) vision-tower call on a ``spec["image_size"]`` image.
+
+    The peak is reset once the model and pixels are in memory, so the number is what the
+    tower's activations add; a fresh process per size keeps the allocators from reusing
+    memory cached by an earlier call.
+    """
+    lib = LIBRARIES[spec["impl"]](spec)
+    lib.load()
+    inputs = lib.preprocess(PROMPTS["image"], lib.media_kwargs("image"))
+    base = reset_peak_rss()
+    lib.vision(inputs, video=False)
+    patches = sum(t * h * w for t, h, w in grids(inputs, video=False))
+    return {"patches": patches, "extra_peak_mib": (status_kib("VmHWM") - base) / 1024}
