@@ -8,14 +8,23 @@ top-p. Like PaddleMIX, :func:`generate` returns ``(new_token_ids [B, n], scores 
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import paddle
 import paddle.nn.functional as F
 
 from .cache import KVCache
 
-__all__ = ["generate", "apply_repetition_penalty", "choose_next_tokens", "top_k_top_p_filter", "DECODE_STRATEGIES"]
+__all__ = [
+    "generate",
+    "GenerationSettings",
+    "process_logits",
+    "apply_repetition_penalty",
+    "choose_next_tokens",
+    "top_k_top_p_filter",
+    "DECODE_STRATEGIES",
+]
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
 
@@ -83,6 +92,87 @@ def _as_list(value: Union[int, Sequence[int], None]) -> List[int]:
     return [int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every knob of :func:`generate`, resolved once: the caller's value, else the checkpoint's
+    ``generation_config.json``, else the Hugging Face default."""
+
+    max_new_tokens: int = 20
+    decode_strategy: str = "greedy_search"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
+    eos_token_ids: Tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    @classmethod
+    def resolve(cls, defaults: Any, **requested: Any) -> "GenerationSettings":
+        """Settings from the ``requested`` values that are not None, then ``defaults`` (a
+        GenerationConfig, whose names differ for ``do_sample`` and ``eos_token_id``), then the
+        class defaults; raises ValueError for impossible ones."""
+        config = {
+            "max_new_tokens": getattr(defaults, "max_new_tokens", None) or None,  # 0 in a config means unset
+            "decode_strategy": "sampling" if getattr(defaults, "do_sample", False) else None,
+            "eos_token_ids": getattr(defaults, "eos_token_id", None),
+            **{name: getattr(defaults, name, None)
+               for name in ("temperature", "top_k", "top_p", "repetition_penalty", "min_new_tokens", "pad_token_id")},
+        }
+        values = {}
+        for field in fields(cls):
+            value = requested.get(field.name)
+            values[field.name] = value if value is not None else config.get(field.name)
+        eos_ids = tuple(_as_list(values.pop("eos_token_ids")))
+        pad = values.pop("pad_token_id")
+        chosen = {name: value for name, value in values.items() if value is not None}
+        settings = cls(**chosen, eos_token_ids=eos_ids, pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0))
+        settings.check()
+        return settings
+
+    @property
+    def sample(self) -> bool:
+        return self.decode_strategy == "sampling"
+
+    def check(self) -> None:
+        """Raise ValueError naming the first impossible setting."""
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.decode_strategy not in DECODE_STRATEGIES:
+            raise ValueError(f"decode_strategy {self.decode_strategy!r} is not one of {', '.join(DECODE_STRATEGIES)}")
+        if self.sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+
+
+def process_logits(logits: paddle.Tensor, seen: paddle.Tensor, step: int, settings: GenerationSettings) -> paddle.Tensor:
+    """The Hugging Face order on the last position's ``logits [B, vocab]``: repetition penalty
+    over ``seen [B, L]``, eos suppressed before ``min_new_tokens``, then (sampling) temperature,
+    top-k and top-p."""
+    logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+    if settings.eos_token_ids and step < settings.min_new_tokens:
+        eos = paddle.to_tensor([list(settings.eos_token_ids)] * logits.shape[0], dtype="int64")
+        logits = paddle.put_along_axis(logits, eos, float("-inf"), axis=1)
+    if settings.sample:
+        logits = top_k_top_p_filter(logits / settings.temperature, settings.top_k, settings.top_p)
+    return logits
+
+
+def _check_inputs(model: Any, input_ids: paddle.Tensor, attention_mask: paddle.Tensor, settings: GenerationSettings,
+                  streamer: Any) -> None:
+    batch, prompt_len = input_ids.shape
+    limit = model.config.max_position_embeddings
+    if prompt_len + settings.max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {prompt_len} tokens + max_new_tokens {settings.max_new_tokens} exceeds the model's maximum of {limit} positions"
+        )
+    if streamer is not None and batch != 1:
+        raise ValueError("streaming supports one sequence at a time (batch size 1)")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape {list(input_ids.shape)}")
+    if batch > 1 and bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("batched generation needs left padding (processor padding_side='left'); the last column has padding")
+
+
 @paddle.no_grad()
 def generate(
     model: Any,
@@ -104,107 +194,93 @@ def generate(
     """Generate up to ``max_new_tokens`` per row of ``input_ids [B, L]`` (left-padded).
 
     Unset arguments come from ``model.generation_config`` (the checkpoint's
-    ``generation_config.json``). ``model_inputs`` are the processor's pixel and grid tensors
-    (and ``second_per_grid_ts``); they are used at the first step only. Rows that emitted an
-    eos token are padded with ``pad_token_id`` until every row is done.
+    ``generation_config.json``), see :class:`GenerationSettings`. ``model_inputs`` are the
+    processor's pixel and grid tensors (and ``second_per_grid_ts``); they are used at the first
+    step only. Rows that emitted an eos token are padded with ``pad_token_id`` until every row is done.
     """
-    defaults = model.generation_config
-    max_new_tokens = max_new_tokens if max_new_tokens is not None else (getattr(defaults, "max_new_tokens", None) or 20)
-    if decode_strategy is None:
-        decode_strategy = "sampling" if getattr(defaults, "do_sample", False) else "greedy_search"
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if decode_strategy not in DECODE_STRATEGIES:
-        raise ValueError(f"decode_strategy {decode_strategy!r} is not one of {', '.join(DECODE_STRATEGIES)}")
-    temperature = temperature if temperature is not None else getattr(defaults, "temperature", 1.0)
-    top_k = top_k if top_k is not None else getattr(defaults, "top_k", 0)
-    top_p = top_p if top_p is not None else getattr(defaults, "top_p", 1.0)
-    repetition_penalty = repetition_penalty if repetition_penalty is not None else getattr(defaults, "repetition_penalty", 1.0)
-    min_new_tokens = min_new_tokens if min_new_tokens is not None else getattr(defaults, "min_new_tokens", 0)
-    eos_ids = _as_list(eos_token_id if eos_token_id is not None else getattr(defaults, "eos_token_id", None))
-    pad_token_id = pad_token_id if pad_token_id is not None else getattr(defaults, "pad_token_id", None)
-    if pad_token_id is None:
-        pad_token_id = eos_ids[0] if eos_ids else 0
-    if decode_strategy == "sampling" and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
-
-    batch, prompt_len = input_ids.shape
-    limit = model.config.max_position_embeddings
-    if prompt_len + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} exceeds the model's maximum of {limit} positions"
-        )
-    if streamer is not None:
-        if batch != 1:
-            raise ValueError("streaming supports one sequence at a time (batch size 1)")
-        streamer.put(input_ids)
+    settings = GenerationSettings.resolve(
+        model.generation_config, max_new_tokens=max_new_tokens, decode_strategy=decode_strategy,
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+        min_new_tokens=min_new_tokens, eos_token_ids=eos_token_id, pad_token_id=pad_token_id,
+    )
     if attention_mask is None:
         attention_mask = paddle.ones_like(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape {list(input_ids.shape)}")
-    if batch > 1 and bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("batched generation needs left padding (processor padding_side='left'); the last column has padding")
-
-    # Without padding a decode step's one query sees every cached key: no mask to grow and
-    # build per step. The ids seen so far matter only to the repetition penalty (and without
-    # a cache, as the next input).
-    padded = not bool((attention_mask == 1).all())
-    track_seen = repetition_penalty != 1.0 or not use_cache
-    eos = paddle.to_tensor(eos_ids, dtype=input_ids.dtype) if eos_ids else None
-    seen = input_ids
-    new_tokens: List[paddle.Tensor] = []
-    scores = paddle.zeros([batch, 1], dtype="float32")
-    finished = paddle.zeros([batch], dtype="bool")
-    # Allocated once for the prompt and every new token: decode steps write in place
-    # instead of copying the whole cache.
-    cache = KVCache(model.config.num_hidden_layers, capacity=prompt_len + max_new_tokens) if use_cache else None
-    outputs = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        past_key_values=cache,
-        use_cache=use_cache,
-        logits_to_keep=1,
-        **model_inputs,
-    )
-    for step in range(max_new_tokens):
-        logits = outputs.logits[:, -1, :].astype("float32")  # [B, vocab]
-        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        if eos is not None and step < min_new_tokens:
-            logits = paddle.put_along_axis(logits, eos.unsqueeze(0).expand([batch, eos.shape[0]]), float("-inf"), axis=1)
-        if decode_strategy == "sampling":
-            logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
-        next_tokens, chosen = choose_next_tokens(logits, sample=decode_strategy == "sampling")
-        next_tokens = next_tokens.astype(input_ids.dtype)
-        scores = scores + paddle.where(finished.unsqueeze(-1), paddle.zeros_like(chosen), chosen)
-        next_tokens = paddle.where(finished, paddle.full_like(next_tokens, pad_token_id), next_tokens)
-        new_tokens.append(next_tokens)
+    _check_inputs(model, input_ids, attention_mask, settings, streamer)
+    if streamer is not None:
+        streamer.put(input_ids)
+    decoder = _Decoder(model, input_ids, attention_mask, settings, use_cache, model_inputs)
+    outputs = decoder.prefill()
+    for step in range(settings.max_new_tokens):
+        # 1. pick each row's next token from the last position's logits
+        next_tokens = decoder.choose(outputs.logits[:, -1, :].astype("float32"), step)
         if streamer is not None:
             streamer.put(next_tokens)
-        if eos is not None:
-            finished = paddle.logical_or(finished, (next_tokens.unsqueeze(-1) == eos.unsqueeze(0)).any(-1))
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        # 2. stop once every row has emitted eos, or at the token limit
+        if decoder.all_finished() or step == settings.max_new_tokens - 1:
             break
-        if track_seen:
-            seen = paddle.concat([seen, next_tokens.unsqueeze(-1)], axis=1)
-        if padded:
-            attention_mask = paddle.concat([attention_mask, paddle.ones([batch, 1], dtype=attention_mask.dtype)], axis=1)
-        if use_cache:
-            outputs = model(
-                input_ids=next_tokens.unsqueeze(-1),
-                attention_mask=attention_mask if padded else None,
-                past_key_values=outputs.past_key_values,
-                rope_deltas=outputs.rope_deltas,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        else:
-            outputs = model(
-                input_ids=seen,
-                attention_mask=attention_mask if padded else None,
-                use_cache=False,
-                logits_to_keep=1,
-                **model_inputs,
-            )
+        # 3. feed the new tokens back, reusing the cache
+        outputs = decoder.step(next_tokens, outputs)
     if streamer is not None:
         streamer.end()
-    return paddle.stack(new_tokens, axis=1), scores
+    return paddle.stack(decoder.new_tokens, axis=1), decoder.scores
+
+
+class _Decoder:
+    """The state of one :func:`generate` call: the cache, the tokens so far, the scores, which rows are done.
+
+    Shapes: B rows, L tokens so far (prompt included), V vocabulary.
+    """
+
+    def __init__(self, model: Any, input_ids: paddle.Tensor, attention_mask: paddle.Tensor,
+                 settings: GenerationSettings, use_cache: bool, model_inputs: Dict[str, Any]) -> None:
+        batch, prompt_len = input_ids.shape
+        self.model, self.settings, self.use_cache, self.model_inputs = model, settings, use_cache, model_inputs
+        self.input_ids, self.attention_mask = input_ids, attention_mask  # [B, L]
+        # Without padding a decode step's one query sees every cached key: no mask to grow and
+        # build per step. The ids seen so far matter only to the repetition penalty (and without
+        # a cache, as the next input).
+        self.padded = not bool((attention_mask == 1).all())
+        self.track_seen = settings.repetition_penalty != 1.0 or not use_cache
+        self.seen = input_ids  # [B, L]
+        self.eos = paddle.to_tensor(list(settings.eos_token_ids), dtype=input_ids.dtype) if settings.eos_token_ids else None
+        self.new_tokens: List[paddle.Tensor] = []  # each [B]
+        self.scores = paddle.zeros([batch, 1], dtype="float32")  # summed log-probabilities
+        self.finished = paddle.zeros([batch], dtype="bool")
+        # Allocated once for the prompt and every new token: decode steps write in place
+        # instead of copying the whole cache.
+        self.cache = KVCache(model.config.num_hidden_layers, capacity=prompt_len + settings.max_new_tokens) if use_cache else None
+
+    def prefill(self) -> Any:
+        """The prompt, with its pixels, through the model once."""
+        return self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, past_key_values=self.cache,
+                          use_cache=self.use_cache, logits_to_keep=1, **self.model_inputs)
+
+    def choose(self, logits: paddle.Tensor, step: int) -> paddle.Tensor:
+        """Next tokens ``[B]`` from ``logits [B, V]``: finished rows get the pad token and add no score."""
+        logits = process_logits(logits, self.seen, step, self.settings)
+        next_tokens, chosen = choose_next_tokens(logits, sample=self.settings.sample)
+        next_tokens = next_tokens.astype(self.input_ids.dtype)
+        self.scores = self.scores + paddle.where(self.finished.unsqueeze(-1), paddle.zeros_like(chosen), chosen)
+        next_tokens = paddle.where(self.finished, paddle.full_like(next_tokens, self.settings.pad_token_id), next_tokens)
+        self.new_tokens.append(next_tokens)
+        if self.eos is not None:
+            hit_eos = (next_tokens.unsqueeze(-1) == self.eos.unsqueeze(0)).any(-1)
+            self.finished = paddle.logical_or(self.finished, hit_eos)
+        return next_tokens
+
+    def all_finished(self) -> bool:
+        return bool(self.finished.all())
+
+    def step(self, next_tokens: paddle.Tensor, outputs: Any) -> Any:
+        """One decode step on ``next_tokens [B]``: with the cache one token per row, without it the whole sequence."""
+        batch = next_tokens.shape[0]
+        if self.track_seen:
+            self.seen = paddle.concat([self.seen, next_tokens.unsqueeze(-1)], axis=1)
+        if self.padded:
+            ones = paddle.ones([batch, 1], dtype=self.attention_mask.dtype)
+            self.attention_mask = paddle.concat([self.attention_mask, ones], axis=1)
+        mask = self.attention_mask if self.padded else None
+        if self.use_cache:
+            return self.model(input_ids=next_tokens.unsqueeze(-1), attention_mask=mask, past_key_values=outputs.past_key_values,
+                              rope_deltas=outputs.rope_deltas, use_cache=True, logits_to_keep=1)
+        return self.model(input_ids=self.seen, attention_mask=mask, use_cache=False, logits_to_keep=1, **self.model_inputs)
