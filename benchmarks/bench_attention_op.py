@@ -27,13 +27,10 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parents[1]
+from harness.common import RESULTS_DIR, print_result, reset_peak_rss, run_worker, status_kib, timed
 
 # name: (segment lengths, heads, kv_heads, head_dim, causal)
 CASES = {
@@ -64,108 +61,144 @@ def dense_peak_gib(lengths: list[int], heads: int, method: str, mode: str) -> fl
     return one * (3 if mode == "fwd" else 5) / 2**30
 
 
-def _read_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def run_one(case: str, method: str, mode: str, reps: int) -> dict:
-    """Time one configuration in this process; returns seconds and extra peak memory."""
+def _packed_inputs(case: str, backward: bool) -> Tuple[Any, Any, Any, Any]:
+    """Random q [T, heads, D], k and v [T, kv_heads, D] of the case's packed segments, and cu_seqlens [S + 1]."""
     import numpy as np
     import paddle
-    import paddle.nn.functional as F
 
-    from paddlemix_qwen25vl.ops import build_ops, flash_attn_varlen_func
-
-    lengths, heads, kv_heads, dim, causal = CASES[case]
-    build_ops()
+    lengths, heads, kv_heads, dim, _ = CASES[case]
     rng = np.random.default_rng(0)
     total = sum(lengths)
     cu = paddle.to_tensor(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     q = paddle.to_tensor(rng.standard_normal((total, heads, dim), dtype=np.float32))
     k = paddle.to_tensor(rng.standard_normal((total, kv_heads, dim), dtype=np.float32))
     v = paddle.to_tensor(rng.standard_normal((total, kv_heads, dim), dtype=np.float32))
-    backward = mode == "fwd+bwd"
     for t in (q, k, v):
         t.stop_gradient = not backward
+    return q, k, v, cu
+
+
+def _expand_kv(x: Any, group: int) -> Any:
+    """[T, kv_heads, D] -> [T, kv_heads * group, D]: one kv head per query head."""
+    return x.repeat_interleave(group, axis=1) if group > 1 else x
+
+
+def _attend_sdpa(q: Any, k: Any, v: Any, lengths: List[int], causal: bool) -> Any:
+    """paddle's sdpa per segment; segments of equal length batched in one call ([B, S, H, D])."""
+    import paddle
+    import paddle.nn.functional as F
+
+    total, heads, dim = q.shape
+    if len(set(lengths)) == 1:
+        shape = [len(lengths), lengths[0], -1, dim]
+        out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), is_causal=causal)
+        return out.reshape([total, heads, dim])
+    outs, start = [], 0
+    for n in lengths:
+        sl = slice(start, start + n)
+        outs.append(F.scaled_dot_product_attention(
+            q[sl].unsqueeze(0), k[sl].unsqueeze(0), v[sl].unsqueeze(0), is_causal=causal
+        )[0])
+        start += n
+    return paddle.concat(outs, axis=0)
+
+
+def _block_mask(lengths: List[int], causal: bool) -> Any:
+    """[T, T] additive mask: 0 within a segment (and not in the future when causal), -inf elsewhere."""
+    import numpy as np
+    import paddle
+
+    total = sum(lengths)
+    segment = np.repeat(np.arange(len(lengths)), lengths)
+    allowed = segment[:, None] == segment[None, :]
+    if causal:
+        allowed &= np.arange(total)[None, :] <= np.arange(total)[:, None]
+    return paddle.to_tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+
+
+def _attend_eager(q: Any, k: Any, v: Any, mask: Any, scale: float) -> Any:
+    """One [heads, T, T] score matrix over the whole packed sequence, masked."""
+    import paddle
+    import paddle.nn.functional as F
+
+    scores = paddle.matmul(q.transpose([1, 0, 2]), k.transpose([1, 0, 2]), transpose_y=True)
+    probs = F.softmax(scores * scale + mask, axis=-1)  # [heads, T, T]
+    return paddle.matmul(probs, v.transpose([1, 0, 2])).transpose([1, 0, 2])
+
+
+def _attention(case: str, method: str, backward: bool) -> Tuple[Callable[[], Any], List[Any]]:
+    """The attention call of ``method`` on the case's inputs, and the inputs (for the backward)."""
+    from paddlemix_qwen25vl.ops import flash_attn_varlen_func
+
+    lengths, heads, kv_heads, dim, causal = CASES[case]
+    q, k, v, cu = _packed_inputs(case, backward)
     group = heads // kv_heads
-    scale = 1.0 / math.sqrt(dim)
+    if method == "op":
+        return lambda: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal), [q, k, v]
+    if method == "sdpa":
+        return lambda: _attend_sdpa(q, _expand_kv(k, group), _expand_kv(v, group), lengths, causal), [q, k, v]
+    mask = _block_mask(lengths, causal)
+    return lambda: _attend_eager(q, _expand_kv(k, group), _expand_kv(v, group), mask, 1.0 / math.sqrt(dim)), [q, k, v]
 
-    def attend_op() -> paddle.Tensor:
-        return flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal)
 
-    def attend_sdpa() -> paddle.Tensor:
-        kk = k.repeat_interleave(group, axis=1) if group > 1 else k
-        vv = v.repeat_interleave(group, axis=1) if group > 1 else v
-        if len(set(lengths)) == 1:  # equal segments: one batched call, [B, S, H, D]
-            shape = [len(lengths), lengths[0], -1, dim]
-            out = F.scaled_dot_product_attention(
-                q.reshape(shape), kk.reshape(shape), vv.reshape(shape), is_causal=causal
-            )
-            return out.reshape([total, heads, dim])
-        outs, start = [], 0
-        for n in lengths:
-            sl = slice(start, start + n)
-            outs.append(F.scaled_dot_product_attention(
-                q[sl].unsqueeze(0), kk[sl].unsqueeze(0), vv[sl].unsqueeze(0), is_causal=causal
-            )[0])
-            start += n
-        return paddle.concat(outs, axis=0)
+def run_one(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Time one (case, method, mode) in this process; returns seconds and extra peak memory."""
+    import paddle
 
-    if method == "eager":
-        segment = np.repeat(np.arange(len(lengths)), lengths)
-        allowed = segment[:, None] == segment[None, :]
-        if causal:
-            allowed &= np.arange(total)[None, :] <= np.arange(total)[:, None]
-        mask = paddle.to_tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+    from paddlemix_qwen25vl.ops import build_ops
 
-    def attend_eager() -> paddle.Tensor:
-        kk = k.repeat_interleave(group, axis=1) if group > 1 else k
-        vv = v.repeat_interleave(group, axis=1) if group > 1 else v
-        scores = paddle.matmul(q.transpose([1, 0, 2]), kk.transpose([1, 0, 2]), transpose_y=True)
-        probs = F.softmax(scores * scale + mask, axis=-1)  # [heads, T, T]
-        return paddle.matmul(probs, vv.transpose([1, 0, 2])).transpose([1, 0, 2])
-
-    attend = {"op": attend_op, "sdpa": attend_sdpa, "eager": attend_eager}[method]
-    grad_out = paddle.ones([total, heads, dim])
+    build_ops()
+    backward = spec["mode"] == "fwd+bwd"
+    attend, inputs = _attention(spec["case"], spec["method"], backward)
+    grad_out = paddle.ones(inputs[0].shape)
 
     def step() -> None:
         out = attend()
         if backward:
-            paddle.grad([out], [q, k, v], [grad_out])
+            paddle.grad([out], inputs, [grad_out])
         else:
             out.numpy()  # make sure the work is done
 
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    rss_before = _read_status_kib("VmRSS")
-    times = []
-    for _ in range(reps + 1):  # the first call warms up allocators and caches
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = _read_status_kib("VmHWM")
-    timed = times[1:] if len(times) > 1 else times
+    rss_before = reset_peak_rss()
+    times = timed(step, spec["reps"] + 1)  # the first call warms up allocators and caches
+    peak = status_kib("VmHWM")
+    measured = times[1:] or times
     return {
-        "seconds_median": statistics.median(timed),
-        "seconds_min": min(timed),
+        "seconds_median": statistics.median(measured),
+        "seconds_min": min(measured),
         "extra_peak_mib": (peak - rss_before) / 1024,
     }
 
 
+def _measure(case: str, method: str, mode: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """The result row of one job: its shapes, and its timing (own worker) or why it was skipped."""
+    lengths, heads, kv_heads, dim, causal = CASES[case]
+    row = {"case": case, "method": method, "mode": mode, "tokens": sum(lengths),
+           "segments": len(lengths), "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "causal": causal}
+    need = dense_peak_gib(lengths, heads, method, mode)
+    if need > args.max_dense_gib:
+        row["skipped"] = f"dense scores need ~{need:.0f} GiB > --max-dense-gib {args.max_dense_gib:g}"
+        return row
+    spec = {"case": case, "method": method, "mode": mode, "reps": args.reps, "threads": args.threads}
+    result = run_worker(spec, script=Path(__file__).resolve())
+    if "error" in result:
+        row["skipped"] = "failed: " + result["error"].strip().splitlines()[-1][:200]
+    else:
+        row.update(result)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every run (OMP_NUM_THREADS and MKL's)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up")
     parser.add_argument("--max-dense-gib", type=float, default=8.0,
                         help="skip eager/sdpa when their estimated dense peak is larger")
     parser.add_argument("--quick", action="store_true", help="only the small cases")
-    parser.add_argument("--run-one", nargs=3, metavar=("CASE", "METHOD", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.run_one:
-        print(json.dumps(run_one(*args.run_one, reps=args.reps)))
+    if args.worker:
+        print_result(run_one(json.loads(args.worker)))
         return
 
     from tqdm import tqdm
@@ -174,27 +207,10 @@ def main() -> None:
 
     build_ops()  # compile once here, so the timed subprocesses only load it
     cases = QUICK_CASES if args.quick else list(CASES)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     jobs = [(c, m, mode) for c in cases for mode in MODES for m in METHODS]
     results = []
     for case, method, mode in tqdm(jobs, desc="attention benchmark"):
-        lengths, heads, kv_heads, dim, causal = CASES[case]
-        row = {"case": case, "method": method, "mode": mode, "tokens": sum(lengths),
-               "segments": len(lengths), "heads": heads, "kv_heads": kv_heads,
-               "head_dim": dim, "causal": causal}
-        need = dense_peak_gib(lengths, heads, method, mode)
-        if need > args.max_dense_gib:
-            row["skipped"] = f"dense scores need ~{need:.0f} GiB > --max-dense-gib {args.max_dense_gib:g}"
-        else:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--run-one", case, method, mode, "--reps", str(args.reps)],
-                capture_output=True, text=True, env=env,
-            )
-            if proc.returncode == 0:
-                row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-            else:
-                row["skipped"] = "failed: " + proc.stderr.strip().splitlines()[-1][:200]
+        row = _measure(case, method, mode, args)
         results.append(row)
         tqdm.write(f"{case:28s} {mode:8s} {method:6s} " + (
             f"{row['seconds_median'] * 1e3:9.1f} ms  +{row['extra_peak_mib']:8.1f} MiB"

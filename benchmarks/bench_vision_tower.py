@@ -14,24 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
+from pathlib import Path
 from typing import Any, Dict, List
 
-from tqdm.auto import tqdm
+from harness.common import RESULTS_DIR, print_result, run_worker, status_kib, timed
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
-
-
-def peak_rss_mib() -> float:
-    """The process's peak resident set (VmHWM) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -53,24 +41,19 @@ def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     t, h, w = spec["grid"]
     pixels = paddle.randn([t * h * w, 1176])
     grid = paddle.to_tensor([[t, h, w]])
-    baseline = peak_rss_mib()
-    times = []
+    baseline = status_kib("VmHWM")
     with paddle.no_grad():
-        for _ in range(spec["repeats"] + 1):  # the first run warms up
-            start = time.perf_counter()
-            tower(pixels, grid).numpy()
-            times.append(time.perf_counter() - start)
-    return {"seconds": min(times[1:]), "extra_peak_mib": peak_rss_mib() - baseline, "patches": t * h * w}
+        tower(pixels, grid).numpy()  # warm-up
+        times = timed(lambda: tower(pixels, grid).numpy(), spec["repeats"])
+    return {"seconds": min(times), "extra_peak_mib": (status_kib("VmHWM") - baseline) / 1024, "patches": t * h * w}
 
 
 def run(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """``worker(spec)`` in a fresh interpreter."""
-    result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """``worker(spec)`` in a fresh interpreter; an error keeps the last line of its stderr."""
+    result = run_worker(spec, script=Path(__file__).resolve())
+    if "error" in result:
+        return {"error": result["error"].strip().splitlines()[-1] if result["error"].strip() else "failed"}
+    return result
 
 
 def estimated_eager_mib(grid: List[int], heads: int = 16) -> float:
@@ -91,8 +74,9 @@ def main() -> None:
     parser.add_argument("--eager_limit_mib", type=float, default=8192, help="skip eager runs estimated above this")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        print_result(worker(json.loads(args.worker)))
         return
+    from tqdm.auto import tqdm
 
     inputs = {f"image {s}x{s}": [1, s // 14, s // 14] for s in args.sizes}
     if args.video_frames:
@@ -106,10 +90,9 @@ def main() -> None:
             continue
         spec = {"impl": impl, "grid": grid, "depth": args.depth, "threads": args.threads, "repeats": args.repeats}
         rows.append({"input": name, "impl": impl, "grid": grid, **run(spec)})
-    os.makedirs(RESULTS, exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     report = {"depth": args.depth, "threads": args.threads, "rows": rows}
-    with open(os.path.join(RESULTS, "vision_tower.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    (RESULTS_DIR / "vision_tower.json").write_text(json.dumps(report, indent=2))
     lines = [f"Vision tower, {args.depth} blocks, {args.threads} threads, float32 (best of {args.repeats})", "",
              "| input | patches | implementation | seconds | extra peak MiB |", "|---|---:|---|---:|---:|"]
     for row in rows:
@@ -117,8 +100,7 @@ def main() -> None:
             lines.append(f"| {row['input']} | {row['patches']} | {row['impl']} | {row['seconds']:.2f} | {row['extra_peak_mib']:.0f} |")
         else:
             lines.append(f"| {row['input']} | | {row['impl']} | {row.get('skipped') or row.get('error')} | |")
-    with open(os.path.join(RESULTS, "vision_tower.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    (RESULTS_DIR / "vision_tower.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
