@@ -29,7 +29,7 @@ from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_
 from .distributed.layers import ColumnParallelLinear, TiedLMHead
 from .generation import generate
 from .loading import resolve_model_path, save_weights
-from .rope import rope_index
+from .rope import rope_index, rope_index_options
 from .runtime import prepare_cpu, resolve_dtype
 from .text import Qwen2_5_VLTextModel
 from .vision import Qwen2_5_VisionTransformer
@@ -137,11 +137,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             video_grid_thw,
             second_per_grid_ts,
             attention_mask,
-            spatial_merge_size=self.config.vision_config.spatial_merge_size,
-            image_token_id=self.config.image_token_id,
-            video_token_id=self.config.video_token_id,
-            vision_start_token_id=self.config.vision_start_token_id,
-            tokens_per_second=self.config.vision_config.tokens_per_second,
+            **rope_index_options(self.config),
         )
         return paddle.to_tensor(position_ids), paddle.to_tensor(deltas)
 

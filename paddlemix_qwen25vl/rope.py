@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -17,6 +17,7 @@ __all__ = [
     "vision_rotary_freqs",
     "mrope_cos_sin",
     "rope_index",
+    "rope_index_options",
 ]
 
 ArrayLike = Union[paddle.Tensor, np.ndarray, Sequence]
@@ -90,6 +91,17 @@ def mrope_cos_sin(
     return emb.cos().astype(dtype), signed_sin(emb.sin()).astype(dtype)
 
 
+def rope_index_options(config: Any) -> Dict[str, Any]:
+    """The keyword arguments of :func:`rope_index` that a :class:`Qwen2_5_VLConfig` fixes."""
+    return {
+        "spatial_merge_size": config.vision_config.spatial_merge_size,
+        "image_token_id": config.image_token_id,
+        "video_token_id": config.video_token_id,
+        "vision_start_token_id": config.vision_start_token_id,
+        "tokens_per_second": config.vision_config.tokens_per_second,
+    }
+
+
 def rope_index(
     input_ids: ArrayLike,
     image_grid_thw: Optional[ArrayLike] = None,
@@ -107,72 +119,109 @@ def rope_index(
 
     Per row, over the tokens where ``attention_mask == 1`` (left or right padding): text runs
     count up on all three axes from the previous maximum + 1; a vision item of llm grid
-    (t, h, w) gets T = floor(k * second_per_grid_t * tokens_per_second) for frame group k
-    (0 for images; float32 until the floor, as in the reference), H = row, W = column, all
-    offset by the position where it starts. Padded positions hold 1. The delta is
-    ``max + 1 - row length``: at decode step ``p`` every axis is at ``p + delta``.
+    (t, h, w) = (grid_t, grid_h / merge, grid_w / merge) gets T = floor(k * second_per_grid_t *
+    tokens_per_second) for frame group k (0 for images; float32 until the floor, as in the
+    reference), H = row, W = column, all offset by the position where it starts. Padded
+    positions hold 1. The delta is ``max + 1 - row length``: at decode step ``p`` every axis is
+    at ``p + delta``. ``rope_index_options(config)`` gives the keyword arguments.
+
+    Worked example: 3 text tokens, vision_start, an image of grid (1, 4, 6) (llm grid 1 x 2 x 3:
+    six pad tokens), vision_end, 4 text tokens::
+
+        token      t0 t1 t2 vs  i  i  i  i  i  i ve t3 t4 t5 t6
+        T           0  1  2  3  4  4  4  4  4  4  7  8  9 10 11
+        H           0  1  2  3  4  4  4  5  5  5  7  8  9 10 11
+        W           0  1  2  3  4  5  6  4  5  6  7  8  9 10 11
+
+    The image starts at 4 (after 4 text positions); the text after it resumes at the largest
+    position so far (6) + 1 = 7; delta = 11 + 1 - 15 = -3. A video of grid (4, 4, 4) with
+    second_per_grid_t 1.0 in the same place takes T = 4, 6, 8, 10 for its four frame groups
+    (k * 1.0 * 2 + 4), and the text after it starts at 11.
     """
     ids = _to_numpy(input_ids).astype(np.int64)
-    batch, length = ids.shape
     mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else (_to_numpy(attention_mask) == 1)
-    images = _to_numpy(image_grid_thw)
-    videos = _to_numpy(video_grid_thw)
-
+    images, videos = _to_numpy(image_grid_thw), _to_numpy(video_grid_thw)
     if images is None and videos is None:
-        if attention_mask is None:
-            position_ids = np.broadcast_to(np.arange(length), (3, batch, length)).copy()
-            return position_ids, np.zeros((batch, 1), dtype=np.int64)
-        pos = np.cumsum(mask, axis=-1) - 1
-        pos[~mask] = 1
-        deltas = pos.max(axis=-1, keepdims=True) + 1 - length
-        return np.broadcast_to(pos, (3, batch, length)).copy(), deltas.astype(np.int64)
-
+        return _text_positions(mask, padded=attention_mask is not None)
     seconds = None if second_per_grid_ts is None else _to_numpy(second_per_grid_ts).astype(np.float32).reshape(-1)
-    position_ids = np.ones((3, batch, length), dtype=np.int64)
+    items = _VisionItems(images, videos, seconds, image_token_id, video_token_id)
+    batch, length = ids.shape
+    position_ids = np.ones((3, batch, length), dtype=np.int64)  # padding holds 1
     deltas = np.zeros((batch, 1), dtype=np.int64)
-    image_index = video_index = 0
     for row in range(batch):
         tokens = ids[row][mask[row]]
-        starts = np.nonzero(tokens == vision_start_token_id)[0]
-        following = tokens[starts[starts + 1 < len(tokens)] + 1]
-        remain_images = int((following == image_token_id).sum())
-        remain_videos = int((following == video_token_id).sum())
-        pieces = []
-        next_start = 0  # first position of the next chunk
-        st = 0  # index into tokens
-        for _ in range(remain_images + remain_videos):
-            ed_image = _find(tokens, image_token_id, st) if remain_images > 0 else len(tokens) + 1
-            ed_video = _find(tokens, video_token_id, st) if remain_videos > 0 else len(tokens) + 1
-            if ed_image < ed_video:
-                t, h, w = (int(v) for v in images[image_index])
-                second_per_grid_t = np.float32(0.0)
-                image_index += 1
-                remain_images -= 1
-                ed = ed_image
-            else:
-                t, h, w = (int(v) for v in videos[video_index])
-                second_per_grid_t = np.float32(1.0) if seconds is None else seconds[video_index]
-                video_index += 1
-                remain_videos -= 1
-                ed = ed_video
-            h, w = h // spatial_merge_size, w // spatial_merge_size
-            text_len = ed - st
-            pieces.append(np.broadcast_to(np.arange(text_len) + next_start, (3, text_len)))
-            time = np.arange(t, dtype=np.float32) * second_per_grid_t * np.float32(tokens_per_second)
-            t_index = np.repeat(np.floor(time).astype(np.int64), h * w)
-            h_index = np.tile(np.repeat(np.arange(h), w), t)
-            w_index = np.tile(np.arange(w), t * h)
-            vision = np.stack([t_index, h_index, w_index]) + text_len + next_start
-            pieces.append(vision)
-            next_start = int(vision.max()) + 1
-            st = ed + t * h * w
-        if st < len(tokens):
-            text_len = len(tokens) - st
-            pieces.append(np.broadcast_to(np.arange(text_len) + next_start, (3, text_len)))
-        positions = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), dtype=np.int64)
+        positions = _row_positions(tokens, items.take(tokens, vision_start_token_id, spatial_merge_size), spatial_merge_size, tokens_per_second)
         position_ids[:, row, mask[row]] = positions
         deltas[row, 0] = (int(positions.max()) + 1 if positions.size else 0) - length
     return position_ids, deltas
+
+
+def _text_positions(mask: np.ndarray, padded: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Text only: 0, 1, 2, ... over the unmasked tokens of each row ``mask [B, L]``, on all three axes."""
+    batch, length = mask.shape
+    if not padded:
+        return np.broadcast_to(np.arange(length), (3, batch, length)).copy(), np.zeros((batch, 1), dtype=np.int64)
+    pos = np.cumsum(mask, axis=-1) - 1
+    pos[~mask] = 1
+    deltas = pos.max(axis=-1, keepdims=True) + 1 - length
+    return np.broadcast_to(pos, (3, batch, length)).copy(), deltas.astype(np.int64)
+
+
+class _VisionItems:
+    """The batch's images and videos, handed out in order of appearance as rows are walked."""
+
+    def __init__(self, images: Optional[np.ndarray], videos: Optional[np.ndarray], seconds: Optional[np.ndarray],
+                 image_token_id: int, video_token_id: int) -> None:
+        self.images, self.videos, self.seconds = images, videos, seconds
+        self.image_token_id, self.video_token_id = image_token_id, video_token_id
+        self.image_index = self.video_index = 0
+
+    def take(self, tokens: np.ndarray, vision_start_token_id: int,
+             spatial_merge_size: int) -> List[Tuple[int, Tuple[int, int, int], np.float32]]:
+        """``(first pad index, (t, h, w) grid, second_per_grid_t)`` of each item of one row, in order."""
+        starts = np.nonzero(tokens == vision_start_token_id)[0]
+        following = tokens[starts[starts + 1 < len(tokens)] + 1]
+        remain_images = int((following == self.image_token_id).sum())
+        remain_videos = int((following == self.video_token_id).sum())
+        items, cursor = [], 0
+        for _ in range(remain_images + remain_videos):
+            ed_image = _find(tokens, self.image_token_id, cursor) if remain_images > 0 else len(tokens) + 1
+            ed_video = _find(tokens, self.video_token_id, cursor) if remain_videos > 0 else len(tokens) + 1
+            if ed_image < ed_video:
+                grid, second = self.images[self.image_index], np.float32(0.0)
+                self.image_index, remain_images, ed = self.image_index + 1, remain_images - 1, ed_image
+            else:
+                grid = self.videos[self.video_index]
+                second = np.float32(1.0) if self.seconds is None else self.seconds[self.video_index]
+                self.video_index, remain_videos, ed = self.video_index + 1, remain_videos - 1, ed_video
+            t, h, w = (int(v) for v in grid)
+            items.append((ed, (t, h, w), second))
+            cursor = ed + t * (h // spatial_merge_size) * (w // spatial_merge_size)  # past its pad tokens
+        return items
+
+
+def _row_positions(tokens: np.ndarray, items: Sequence[Tuple[int, Tuple[int, int, int], np.float32]],
+                   spatial_merge_size: int, tokens_per_second: float) -> np.ndarray:
+    """Positions ``[3, n]`` of one row's ``n`` unpadded tokens: text runs and vision items in turn."""
+    pieces = []
+    next_start = 0  # first position of the next chunk
+    st = 0  # index into tokens
+    for ed, (t, h, w), second_per_grid_t in items:
+        h, w = h // spatial_merge_size, w // spatial_merge_size  # the llm grid
+        text_len = ed - st
+        pieces.append(np.broadcast_to(np.arange(text_len) + next_start, (3, text_len)))
+        time = np.arange(t, dtype=np.float32) * second_per_grid_t * np.float32(tokens_per_second)
+        t_index = np.repeat(np.floor(time).astype(np.int64), h * w)
+        h_index = np.tile(np.repeat(np.arange(h), w), t)
+        w_index = np.tile(np.arange(w), t * h)
+        vision = np.stack([t_index, h_index, w_index]) + text_len + next_start
+        pieces.append(vision)
+        next_start = int(vision.max()) + 1
+        st = ed + t * h * w
+    if st < len(tokens):
+        text_len = len(tokens) - st
+        pieces.append(np.broadcast_to(np.arange(text_len) + next_start, (3, text_len)))
+    return np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), dtype=np.int64)
 
 
 def _find(tokens: np.ndarray, token_id: int, start: int) -> int:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..processing.image_processing import to_rgb
 from ..processing.vision_info import VIDEO_MAX_PIXELS, fetch_image, fetch_video, load_image
-from ..rope import rope_index
+from ..rope import rope_index, rope_index_options
 from .conversation import IGNORE_INDEX, RecordError, encode_conversation, parse_record
 
 __all__ = ["DatasetSpec", "load_meta", "read_annotation", "build_index", "SFTDataset", "DataStats", "fit_length"]
@@ -273,17 +273,12 @@ class SFTDataset:
 
     def positions(self, input_ids: np.ndarray, image_grid_thw, video_grid_thw, second_per_grid_ts) -> np.ndarray:
         """MRoPE position ids ``[3, L]`` of one sample."""
-        config = self.config
         positions, _ = rope_index(
             input_ids[None],
             image_grid_thw,
             video_grid_thw,
             second_per_grid_ts,
-            spatial_merge_size=config.vision_config.spatial_merge_size,
-            image_token_id=config.image_token_id,
-            video_token_id=config.video_token_id,
-            vision_start_token_id=config.vision_start_token_id,
-            tokens_per_second=config.vision_config.tokens_per_second,
+            **rope_index_options(self.config),
         )
         return positions[:, 0]
 
