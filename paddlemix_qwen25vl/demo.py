@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
 from .resources import resource_path
 
-__all__ = ["demo_config", "build_demo_checkpoint", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "DEMO_QUESTION", "resolve_model_or_demo"]
+__all__ = ["demo_config", "build_demo_checkpoint", "save_random_demo_model", "demo_checkpoint", "DEMO_IMAGE", "DEMO_IMAGE_2", "DEMO_VIDEO", "DEMO_QUESTION", "resolve_model_or_demo"]
 
 DEMO_ASSETS = str(resource_path("examples/assets"))
 DEMO_IMAGE = os.path.join(DEMO_ASSETS, "demo_image.png")
@@ -61,9 +61,20 @@ def demo_config() -> Qwen2_5_VLConfig:
     )
 
 
+def save_random_demo_model(path: str, seed: int = 0) -> None:
+    """The demo architecture with seeded random weights and the chat's eos/pad ids, saved to ``path``."""
+    from .modeling import Qwen2_5_VLForConditionalGeneration
+    from .processing.special_tokens import ADDED_TOKEN_IDS, EOS_TOKEN, PAD_TOKEN
+
+    paddle.seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(demo_config())
+    model.generation_config.eos_token_id = [ADDED_TOKEN_IDS[EOS_TOKEN], ADDED_TOKEN_IDS[PAD_TOKEN]]
+    model.generation_config.pad_token_id = ADDED_TOKEN_IDS[PAD_TOKEN]
+    model.save_pretrained(path)
+
+
 def build_demo_checkpoint(path: str, seed: int = 0) -> str:
     """Write the demo checkpoint (config, weights, tokenizer, processor, generation config) to ``path``."""
-    from .modeling import Qwen2_5_VLForConditionalGeneration
     from .processing import MIXQwen2_5_Tokenizer, Qwen2_5_VLImageProcessor, Qwen2_5_VLProcessor, build_tokenizer_files
 
     tmp = path + ".partial"
@@ -80,11 +91,7 @@ def build_demo_checkpoint(path: str, seed: int = 0) -> str:
         for name in os.listdir(SHIPPED_WEIGHTS):
             shutil.copy2(os.path.join(SHIPPED_WEIGHTS, name), os.path.join(tmp, name))
     else:
-        paddle.seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(demo_config())
-        model.generation_config.eos_token_id = [151645, 151643]
-        model.generation_config.pad_token_id = 151643
-        model.save_pretrained(tmp)
+        save_random_demo_model(tmp, seed)
     steps.update(1)
     steps.close()
     shutil.rmtree(path, ignore_errors=True)

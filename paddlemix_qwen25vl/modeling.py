@@ -296,6 +296,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         keywords must be fields of the checkpoint's config (they override it); anything else is
         a TypeError naming them.
         """
+        prepare_cpu()  # threads, and MKL's fast path on AMD CPUs, before the first matmul
         path = resolve_model_path(pretrained_model_name_or_path)
         if config is None:
             config = Qwen2_5_VLConfig.from_pretrained(path)
@@ -325,7 +326,6 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if os.path.exists(generation_file):
             model.generation_config = GenerationConfig.from_pretrained(path)
         model.eval()
-        prepare_cpu()  # threads, and MKL's fast path on AMD CPUs, before the first matmul
         return model
 
     @classmethod

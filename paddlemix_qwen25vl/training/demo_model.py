@@ -17,11 +17,10 @@ import os
 import shutil
 from typing import Dict, List, Tuple
 
-import paddle
 from tqdm.auto import tqdm
 
 from ..checkpoint_io import tensor_to_numpy, write_safetensors
-from ..demo import build_demo_checkpoint, demo_config
+from ..demo import build_demo_checkpoint, save_random_demo_model
 from ..loading import PADDLE_METADATA, SAFE_SINGLE
 from ..modeling import Qwen2_5_VLForConditionalGeneration
 from ..processing import Qwen2_5_VLProcessor, fetch_image
@@ -33,11 +32,7 @@ __all__ = ["init_checkpoint", "evaluate", "export_float16"]
 def init_checkpoint(output_dir: str, seed: int = 0) -> str:
     """A randomly initialised demo model with the demo tokenizer and processor files."""
     build_demo_checkpoint(output_dir)  # tokenizer, processor and generation config
-    paddle.seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(demo_config())
-    model.generation_config.eos_token_id = [151645, 151643]
-    model.generation_config.pad_token_id = 151643
-    model.save_pretrained(output_dir)
+    save_random_demo_model(output_dir, seed)  # in place of any shipped trained weights
     return output_dir
 
 
