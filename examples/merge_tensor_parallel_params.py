@@ -19,7 +19,8 @@ Those write Paddle-layout safetensors and stream one tensor at a time (split hol
 import argparse
 
 from paddlemix_qwen25vl.convert import merge_paddlenlp_tensor_parallel
-from paddlemix_qwen25vl.distributed import merge_tensor_parallel, split_tensor_parallel
+from paddlemix_qwen25vl.distributed import merge_tensor_parallel
+from paddlemix_qwen25vl.tools.tensor_parallel import split_tensor_parallel
 from paddlemix_qwen25vl.loading import resolve_model_path
 from paddlemix_qwen25vl.tools.common import tool_device
 

@@ -22,8 +22,8 @@ from paddlemix_qwen25vl.distributed import (
     check_tensor_parallel_supported,
     merge_tensor_parallel,
     split_axes,
-    split_tensor_parallel,
 )
+from paddlemix_qwen25vl.tools.tensor_parallel import split_tensor_parallel
 from paddlemix_qwen25vl.loading import TensorSlicing, load_weights, shard_files
 from reference import build_reference_model
 

@@ -4,10 +4,11 @@
   and the collectives (plain ``paddle.distributed``, with gradients);
 - :mod:`.layers`: column/row-parallel Linear, vocabulary-parallel embedding and lm_head,
   used by the decoder whether mp is 1 or N;
-- :mod:`.checkpoints`: per-rank checkpoints, merging them into one and splitting one.
+- :mod:`.checkpoints`: per-rank checkpoints and merging them into one (splitting one builds
+  the model: :mod:`paddlemix_qwen25vl.tools.tensor_parallel`).
 """
 
-from .checkpoints import merge_tensor_parallel, read_manifest, split_tensor_parallel
+from .checkpoints import merge_tensor_parallel, read_manifest
 from .context import (
     SINGLE,
     ParallelContext,
@@ -31,6 +32,5 @@ __all__ = [
     "TiedLMHead",
     "split_axes",
     "merge_tensor_parallel",
-    "split_tensor_parallel",
     "read_manifest",
 ]

@@ -28,7 +28,7 @@ import paddle.nn as nn
 
 from ..checkpoint_io import CheckpointError, SafetensorsFile
 from ..loading import PDPARAMS_INDEX, SAFE_INDEX, TensorSlicing, load_weights, save_weights, shard_files, write_sharded
-from .context import ParallelContext, check_tensor_parallel_config
+from .context import ParallelContext
 from .layers import split_axes
 
 __all__ = [
@@ -39,7 +39,9 @@ __all__ = [
     "save_rank_checkpoint",
     "load_model_weights",
     "merge_tensor_parallel",
-    "split_tensor_parallel",
+    "prepare_dest",
+    "write_manifest",
+    "copy_side_files",
 ]
 
 MANIFEST = "tensor_parallel.json"
@@ -88,7 +90,7 @@ def save_rank_checkpoint(model: nn.Layer, path: str, max_shard_bytes: int) -> No
     if first_group:
         save_weights(model, rank_dir(path, mp.rank), max_shard_bytes=max_shard_bytes)
         if mp.rank == 0:
-            _write_manifest(path, mp.world_size, split_axes(model))
+            write_manifest(path, mp.world_size, split_axes(model))
     if dist.is_initialized():
         dist.barrier(group=mp.group)
 
@@ -105,12 +107,12 @@ def load_model_weights(model: nn.Layer, path: str) -> None:
         load_weights(model, path, ignore_keys=ignore, slicing=TensorSlicing(mp.rank, mp.world_size, split_axes(model)))
 
 
-def _write_manifest(path: str, mp_degree: int, axes: Dict[str, int]) -> None:
+def write_manifest(path: str, mp_degree: int, axes: Dict[str, int]) -> None:
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump({"mp_degree": mp_degree, "split_axes": axes}, f, indent=2)
 
 
-def _copy_side_files(src: str, dest: str, skip: Tuple[str, ...]) -> None:
+def copy_side_files(src: str, dest: str, skip: Tuple[str, ...]) -> None:
     """Copy config, generation, tokenizer and processor files (every plain file but weights and ``skip``)."""
     for entry in sorted(os.listdir(src)):
         source = os.path.join(src, entry)
@@ -119,7 +121,7 @@ def _copy_side_files(src: str, dest: str, skip: Tuple[str, ...]) -> None:
             shutil.copy2(source, os.path.join(dest, entry))
 
 
-def _prepare_dest(src: str, dest: str) -> None:
+def prepare_dest(src: str, dest: str) -> None:
     if os.path.abspath(src) == os.path.abspath(dest):
         raise ValueError("source and destination must be different directories")
     if os.path.exists(dest) and os.listdir(dest):
@@ -169,32 +171,6 @@ def merge_tensor_parallel(src: str, dest: str, max_shard_bytes: int = 5 * 1024**
                 raise CheckpointError(f"replicated tensor {name} differs between rank 0 and rank {r} of {src}")
         return pieces[0]
 
-    _prepare_dest(src, dest)
+    prepare_dest(src, dest)
     write_sharded(dest, layout, produce, max_shard_bytes)
-    _copy_side_files(src, dest, skip=(MANIFEST,))
-
-
-def split_tensor_parallel(src: str, dest: str, mp_degree: int, max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Split full checkpoint ``src`` (any format :func:`from_pretrained` reads) into a
-    tensor-parallel checkpoint of ``mp_degree`` ranks in ``dest``, one rank at a time.
-
-    Each rank's share is built and filled exactly as ``from_pretrained`` would on that rank
-    (no process group needed: loading is local), in the checkpoint's dtype, then saved;
-    memory is one rank's share of the model.
-    """
-    from ..configuration import Qwen2_5_VLConfig
-    from ..modeling import Qwen2_5_VLForConditionalGeneration
-
-    config = Qwen2_5_VLConfig.from_pretrained(src)
-    check_tensor_parallel_config(config, mp_degree)
-    _prepare_dest(src, dest)
-    dtype = getattr(config, "dtype", None) or "float32"
-    for rank in range(mp_degree):
-        mp = ParallelContext(rank=rank, world_size=mp_degree)
-        model = Qwen2_5_VLForConditionalGeneration.build(config, dtype, mp)
-        axes = split_axes(model)
-        load_model_weights(model, src)
-        save_weights(model, rank_dir(dest, rank), max_shard_bytes=max_shard_bytes)
-        del model
-    _write_manifest(dest, mp_degree, axes)
-    _copy_side_files(src, dest, skip=())
+    copy_side_files(src, dest, skip=(MANIFEST,))
