@@ -196,45 +196,23 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             raise ValueError("return_logits=False only makes sense with labels (the loss is all that is returned)")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        # 1. token embeddings, with the vision features over the image/video pad tokens
         if inputs_embeds is None:
-            inputs_embeds = self.model.embed(input_ids)
-            for pixels, grid, token_id, kind in (
-                (pixel_values, image_grid_thw, self.config.image_token_id, "image"),
-                (pixel_values_videos, video_grid_thw, self.config.video_token_id, "video"),
-            ):
-                if pixels is not None:
-                    if grid is None:
-                        raise ValueError(f"{kind} pixel values were given without {kind}_grid_thw")
-                    features = self.visual(pixels, grid_thw=grid)
-                    inputs_embeds = self._place_features(inputs_embeds, input_ids, features, token_id, kind)
-            if self.training and pixel_values is None and pixel_values_videos is None and dist.get_world_size() > 1:
-                inputs_embeds = inputs_embeds + self.visual.zero_touch(inputs_embeds.dtype)  # see zero_touch
+            inputs_embeds = self.embed_with_vision(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         elif pixel_values is not None or pixel_values_videos is not None:
             raise ValueError("pixel inputs need input_ids (to find the pad tokens), not inputs_embeds")
-
-        batch, length, _ = inputs_embeds.shape
+        # 2. the cache and the MRoPE positions
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        if position_ids is None:
-            if past_len == 0:
-                if attention_mask is not None and bool((attention_mask > 1).any()):
-                    raise ValueError("packed rows (attention_mask numbering samples 1, 2, ...) need position_ids per sample")
-                if input_ids is None:
-                    raise ValueError("position_ids are required with inputs_embeds (no token ids to place vision items)")
-                position_ids, rope_deltas = self.get_rope_index(
-                    input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
-                )
-            elif rope_deltas is None:
-                raise ValueError("decoding with a cache needs rope_deltas: pass outputs.rope_deltas of the prefill step")
-            else:
-                position_ids = self._decode_positions(batch, length, past_len, rope_deltas)
-        elif position_ids.ndim == 2:
-            position_ids = position_ids.unsqueeze(0).expand([3, batch, length])
-
+        position_ids, rope_deltas = self._positions(
+            input_ids, inputs_embeds, position_ids, attention_mask, past_len, rope_deltas,
+            image_grid_thw, video_grid_thw, second_per_grid_ts,
+        )
+        # 3. the decoder
         hidden_states, past_key_values = self.model(inputs_embeds, position_ids, attention_mask, past_key_values)
+        # 4. logits and loss
         if logits_to_keep > 0:
             if labels is not None:
                 raise ValueError("logits_to_keep cannot be combined with labels (the loss needs every position)")
@@ -245,6 +223,64 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None, rope_deltas=rope_deltas
         )
         return output if return_dict else output.to_tuple()
+
+    def get_vision_features(self, pixel_values: paddle.Tensor, grid_thw: GridLike) -> paddle.Tensor:
+        """The vision tower on ``pixel_values [N, 1176]`` of items ``grid_thw [n, 3]``: one
+        embedding per pad token ``[N / 4, hidden]`` (images and videos alike)."""
+        return self.visual(pixel_values, grid_thw=grid_thw)
+
+    def embed_with_vision(
+        self,
+        input_ids: paddle.Tensor,
+        pixel_values: Optional[paddle.Tensor] = None,
+        image_grid_thw: GridLike = None,
+        pixel_values_videos: Optional[paddle.Tensor] = None,
+        video_grid_thw: GridLike = None,
+    ) -> paddle.Tensor:
+        """Token embeddings ``[B, L, hidden]`` of ``input_ids [B, L]`` with the vision features
+        written over the image and video pad tokens."""
+        inputs_embeds = self.model.embed(input_ids)
+        for pixels, grid, token_id, kind in (
+            (pixel_values, image_grid_thw, self.config.image_token_id, "image"),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id, "video"),
+        ):
+            if pixels is not None:
+                if grid is None:
+                    raise ValueError(f"{kind} pixel values were given without {kind}_grid_thw")
+                features = self.get_vision_features(pixels, grid)
+                inputs_embeds = self._place_features(inputs_embeds, input_ids, features, token_id, kind)
+        if self.training and pixel_values is None and pixel_values_videos is None and dist.get_world_size() > 1:
+            inputs_embeds = inputs_embeds + self.visual.zero_touch(inputs_embeds.dtype)  # see zero_touch
+        return inputs_embeds
+
+    def _positions(
+        self,
+        input_ids: Optional[paddle.Tensor],
+        inputs_embeds: paddle.Tensor,
+        position_ids: Optional[paddle.Tensor],
+        attention_mask: Optional[paddle.Tensor],
+        past_len: int,
+        rope_deltas: Optional[paddle.Tensor],
+        image_grid_thw: GridLike,
+        video_grid_thw: GridLike,
+        second_per_grid_ts: GridLike,
+    ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+        """``(position_ids [3, B, L], rope_deltas)``: the caller's, :func:`rope_index`'s at the
+        prefill, or past length + rope delta at a decode step."""
+        batch, length, _ = inputs_embeds.shape
+        if position_ids is not None:
+            if position_ids.ndim == 2:  # text-only positions [B, L]: the same on all three axes
+                position_ids = position_ids.unsqueeze(0).expand([3, batch, length])
+            return position_ids, rope_deltas
+        if past_len == 0:
+            if attention_mask is not None and bool((attention_mask > 1).any()):
+                raise ValueError("packed rows (attention_mask numbering samples 1, 2, ...) need position_ids per sample")
+            if input_ids is None:
+                raise ValueError("position_ids are required with inputs_embeds (no token ids to place vision items)")
+            return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask)
+        if rope_deltas is None:
+            raise ValueError("decoding with a cache needs rope_deltas: pass outputs.rope_deltas of the prefill step")
+        return self._decode_positions(batch, length, past_len, rope_deltas), rope_deltas
 
     def generate(self, input_ids: paddle.Tensor, **kwargs: Any) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """Greedy or sampled continuation of ``input_ids``: see :func:`paddlemix_qwen25vl.generation.generate`."""
