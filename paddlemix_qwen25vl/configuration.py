@@ -16,9 +16,15 @@ from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
 from .resources import resource_path
 
-__all__ = ["Qwen2_5_VLVisionConfig", "Qwen2_5_VLConfig", "config_preset", "PRESETS"]
+__all__ = ["Qwen2_5_VLVisionConfig", "Qwen2_5_VLConfig", "config_preset", "check_attn_implementation", "PRESETS"]
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+
+
+def check_attn_implementation(name: str) -> None:
+    """Raise ValueError unless ``name`` is one of :data:`ATTN_IMPLEMENTATIONS`."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation {name!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 # Named presets: the released config.json files shipped in configs/.
 PRESETS = {"3B": "qwen2_5_vl_3b", "7B": "qwen2_5_vl_7b", "72B": "qwen2_5_vl_72b"}
@@ -118,6 +124,9 @@ class Qwen2_5_VLConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
+        # Kept for checkpoint compatibility (the released config.json files carry them) and never
+        # read: every released Qwen2.5-VL sets use_sliding_window false and attends over the whole
+        # context; _validate rejects true rather than silently attending without the window.
         self.use_sliding_window = use_sliding_window
         self.sliding_window = sliding_window
         self.max_window_layers = max_window_layers
@@ -172,9 +181,11 @@ class Qwen2_5_VLConfig(PretrainedConfig):
             raise ValueError(
                 f"rope_scaling.mrope_section {self.mrope_section} must sum to head_dim / 2 = {self.head_dim // 2}"
             )
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        check_attn_implementation(self.attn_implementation)
+        if self.use_sliding_window:
             raise ValueError(
-                f"attn_implementation {self.attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+                "use_sliding_window=True is not supported: this library has no sliding-window attention "
+                "(every released Qwen2.5-VL sets it false)"
             )
 
     def to_dict(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:

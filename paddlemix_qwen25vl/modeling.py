@@ -23,7 +23,7 @@ from paddlenlp.transformers.model_outputs import ModelOutput
 from paddlenlp.transformers.model_utils import PretrainedModel, no_init_weights
 
 from .cache import KVCache
-from .configuration import Qwen2_5_VLConfig
+from .configuration import Qwen2_5_VLConfig, check_attn_implementation
 from .distributed.checkpoints import load_model_weights, save_rank_checkpoint
 from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_config, init_tensor_parallel
 from .distributed.layers import ColumnParallelLinear, TiedLMHead
@@ -93,7 +93,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
     def __init__(self, config: Qwen2_5_VLConfig, mp: ParallelContext = SINGLE) -> None:
         super().__init__(config)
         self.mp = mp
-        self.visual = Qwen2_5_VisionTransformer(config.vision_config, config.attn_implementation)
+        # Both towers read config.attn_implementation at every forward: the one place it is stored.
+        self.visual = Qwen2_5_VisionTransformer(config.vision_config, attn_implementation=config)
         self.model = Qwen2_5_VLTextModel(config, mp)
         if config.tie_word_embeddings:
             self.lm_head = TiedLMHead(self.model.embed_tokens)
@@ -110,10 +111,10 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         self.visual.recompute, self.model.recompute = vision, decoder
 
     def set_attn_implementation(self, implementation: str) -> None:
-        """Use ``"eager"``, ``"sdpa"`` or ``"flash_attention_2"`` in both towers from now on."""
+        """Use ``"eager"``, ``"sdpa"`` or ``"flash_attention_2"`` in both towers from now on
+        (both read ``config.attn_implementation``)."""
+        check_attn_implementation(implementation)
         self.config.attn_implementation = implementation
-        self.config._validate()
-        self.visual.attn_implementation = self.model.attn_implementation = implementation
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

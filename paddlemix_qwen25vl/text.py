@@ -31,7 +31,7 @@ __all__ = ["Qwen2_5_VLTextModel"]
 class AttentionLayout:
     """How this forward's tokens attend: an additive dense mask, or unpadded varlen sequences."""
 
-    implementation: str
+    implementation: str  # the kernel this forward runs, resolved from config.attn_implementation
     mask: Optional[paddle.Tensor] = None  # [B, 1, Lq, Lk] for eager/sdpa
     rows_q: Optional[paddle.Tensor] = None  # flat indices of real queries in [B * Lq]
     rows_k: Optional[paddle.Tensor] = None  # flat indices of real keys in [B * Lk]
@@ -149,7 +149,6 @@ class Qwen2_5_VLTextModel(nn.Layer):
         self.layers = nn.LayerList([DecoderLayer(config, i, mp) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary = RotaryFrequencies(config.head_dim, config.rope_theta)
-        self.attn_implementation = config.attn_implementation
         self.recompute = False
 
     def embed(self, input_ids: paddle.Tensor) -> paddle.Tensor:
@@ -172,7 +171,7 @@ class Qwen2_5_VLTextModel(nn.Layer):
         (0 = padding; packed samples numbered 1, 2, ... attend only within themselves)."""
         batch, q_len, _ = inputs_embeds.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        implementation = resolve_attn_implementation(self.attn_implementation, inputs_embeds)
+        implementation = resolve_attn_implementation(self.config.attn_implementation, inputs_embeds)
         if implementation == "flash_attention_2" and q_len == 1 and not on_gpu():
             # One new token per sequence on the CPU: the operator has nothing to tile, and the
             # unpadded gather/scatter around it cost more than the attention. Same softmax, dense.

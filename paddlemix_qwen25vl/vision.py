@@ -7,7 +7,7 @@ image/video pad token of the prompt.
 
 from __future__ import annotations
 
-from typing import List, Tuple, Union
+from typing import List, Protocol, Tuple, Union
 
 import numpy as np
 import paddle
@@ -21,6 +21,12 @@ from .layers import RMSNorm, SwiGLUMLP
 from .rope import apply_rotary, signed_sin, vision_rotary_freqs
 
 __all__ = ["Qwen2_5_VisionTransformer", "window_index"]
+
+
+class AttnImplementationSource(Protocol):
+    """Anything with an ``attn_implementation`` attribute: the model's :class:`Qwen2_5_VLConfig`."""
+
+    attn_implementation: str
 
 
 def window_index(grid_thw: np.ndarray, window_merged: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -142,12 +148,15 @@ class PatchMerger(nn.Layer):
 class Qwen2_5_VisionTransformer(nn.Layer):
     """``visual(pixel_values [N, 1176], grid_thw [items, 3]) -> [N / 4, out_hidden_size]``."""
 
-    def __init__(self, config: Qwen2_5_VLVisionConfig, attn_implementation: str = "sdpa") -> None:
+    def __init__(self, config: Qwen2_5_VLVisionConfig, attn_implementation: Union[str, AttnImplementationSource] = "sdpa") -> None:
+        """``attn_implementation``: a kernel name for a standalone tower, or an object whose
+        ``attn_implementation`` is read at every forward (the model passes its config, so that
+        changing ``config.attn_implementation`` switches both towers)."""
         super().__init__()
         if config.spatial_merge_size != 2:
             raise ValueError(f"spatial_merge_size {config.spatial_merge_size} is unsupported; Qwen2.5-VL uses 2")
         self.config = config
-        self.attn_implementation = attn_implementation
+        self._attn_source = attn_implementation
         self.recompute = False
         self.merge_unit = config.spatial_merge_size**2
         self.window_merged = config.window_size // config.spatial_merge_size // config.patch_size
@@ -155,6 +164,12 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         self.patch_embed = VisionPatchEmbed(config)
         self.blocks = nn.LayerList([VisionBlock(config) for _ in range(config.depth)])
         self.merger = PatchMerger(config)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The kernel the blocks run: the standalone name, or the model config's current choice."""
+        source = self._attn_source
+        return source if isinstance(source, str) else source.attn_implementation
 
     def _check_inputs(self, pixel_values: paddle.Tensor, grid: np.ndarray) -> None:
         patch_dim = self.patch_embed.patch_dim
