@@ -26,12 +26,12 @@ from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from paddlemix_qwen25vl.demo import resolve_model_or_demo
+from paddlemix_qwen25vl.runtime import has_gpu
 from paddlemix_qwen25vl.training.arguments import (
     DEFAULT_LORA_TARGETS,
     DataArguments,
     FinetuneTrainingArguments,
     ModelArguments,
-    has_gpu,
     warn_no_effect,
 )
 from paddlemix_qwen25vl.training.collator import SFTCollator

@@ -8,50 +8,46 @@
   have it, otherwise this library's custom operator (``external_ops/``); where neither is
   available it falls back to ``"sdpa"`` with one logged warning instead of crashing.
 
-Two entry points: :func:`dense_attention` for padded batches ``[B, L, H, D]`` with an
-additive mask (the decoder), and :func:`varlen_attention` for packed sequences
-``[total, H, D]`` delimited by ``cu_seqlens`` (the vision tower's windows and frames,
-packed training). Neither builds a mask spanning unrelated sequences.
+Two entry points: :func:`dense_attention` for padded batches with an additive mask (the
+decoder), and :func:`varlen_attention` for packed sequences delimited by ``cu_seqlens`` (the
+vision tower's windows and frames, packed training). Neither builds a mask spanning unrelated
+sequences. The math itself (and the masks) is in :mod:`.attention_math`.
+
+Dimensions:
+    B: batch rows                 Lq, Lk: query / key positions of a row
+    H: query heads                KVH: kv heads, H % KVH == 0; G = H // KVH queries per kv head
+    D: head dim                   Tq, Tk: packed query / key tokens
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from .attention_math import grouped_attention, packed_attention, softmax_scale
+from .log import warn_once
+from .ops import flash_attn_varlen_func, has_flash_attn_op
 from .ops.decode_attention import decode_attention, decode_attention_applies
+from .runtime import tensor_on_gpu
 
 __all__ = [
     "dense_attention",
     "varlen_attention",
-    "causal_padding_mask",
     "sequence_runs",
     "resolve_attn_implementation",
     "top_left_causal_flag",
 ]
 
 logger = logging.getLogger(__name__)
-_warned = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logger.warning(message)
-
-
-def _on_gpu(x: paddle.Tensor) -> bool:
-    return "gpu" in str(x.place).lower()
 
 
 def _paddle_flash_available(q: paddle.Tensor) -> bool:
     """Paddle's own flash kernels: CUDA builds on Ampere (sm80) or newer, fp16/bf16 only."""
-    if not (paddle.is_compiled_with_cuda() and _on_gpu(q)):
+    if not tensor_on_gpu(q):
         return False
     if q.dtype not in (paddle.float16, paddle.bfloat16):
         return False
@@ -60,10 +56,6 @@ def _paddle_flash_available(q: paddle.Tensor) -> bool:
 
 
 def _custom_op_available() -> bool:
-    try:
-        from .ops import has_flash_attn_op
-    except ImportError:
-        return False
     return has_flash_attn_op()
 
 
@@ -73,38 +65,12 @@ def resolve_attn_implementation(requested: str, q: paddle.Tensor) -> str:
         return requested
     if _paddle_flash_available(q) or _custom_op_available():
         return requested
-    _warn_once(
+    warn_once(
+        logger,
         "attn_implementation='flash_attention_2' is unavailable here (no Paddle flash kernel for this "
         f"device/dtype and the custom operator in external_ops/ is not built); using 'sdpa' instead."
     )
     return "sdpa"
-
-
-def causal_padding_mask(
-    attention_mask: Optional[paddle.Tensor], batch_size: int, query_length: int, past_length: int, dtype: str
-) -> paddle.Tensor:
-    """Additive mask ``[B, 1, Lq, past + Lq]``: 0 where query i may attend key j, dtype-min elsewhere.
-
-    ``attention_mask [B, past + Lq]`` holds 0 for padding and a sequence number for real tokens:
-    1 everywhere for ordinary batches, 1, 2, 3, ... for samples packed into one row. Query i
-    (absolute position ``past + i``) sees the keys at positions <= its own in its own sequence.
-    """
-    key_length = past_length + query_length
-    query_pos = paddle.arange(past_length, key_length).reshape([-1, 1])
-    allowed = paddle.arange(key_length).reshape([1, -1]) <= query_pos  # [Lq, Lk]
-    allowed = allowed.unsqueeze(0).expand([batch_size, query_length, key_length])
-    if attention_mask is not None:
-        if attention_mask.shape[-1] != key_length:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache holds {past_length} and "
-                f"{query_length} are new: expected {key_length}"
-            )
-        keys = attention_mask.unsqueeze(1)  # [B, 1, Lk]
-        queries = attention_mask[:, past_length:].unsqueeze(-1)  # [B, Lq, 1]
-        allowed = paddle.logical_and(allowed, paddle.logical_and(keys != 0, keys == queries))
-    zero = paddle.zeros([], dtype=dtype)
-    minimum = paddle.full([], paddle.finfo(dtype).min, dtype=dtype)
-    return paddle.where(allowed, zero, minimum).unsqueeze(1)
 
 
 def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -112,7 +78,7 @@ def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndar
 
     Returns flat row indices of the real queries (into ``[B * Lq]``) and keys (into
     ``[B * Lk]``) and their ``cu_seqlens``: one sequence per run of equal non-zero
-    ``attention_mask`` values in a row (see :func:`causal_padding_mask`). The queries of a
+    ``attention_mask`` values in a row (see :func:`~.attention_math.causal_padding_mask`). The queries of a
     sequence are its last tokens, so bottom-right causal alignment is exact.
     """
     batch, key_length = attention_mask.shape
@@ -133,30 +99,6 @@ def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndar
     return concat(rows_q), concat(rows_k), np.asarray(cu_q), np.asarray(cu_k)
 
 
-def _grouped_math(
-    q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: Optional[paddle.Tensor], scale: float
-) -> paddle.Tensor:
-    """softmax(q k^T * scale + mask) v on [B, L, H, D], softmax in float32 (the reference's eager math).
-
-    Query head h uses kv head h // groups (the reference's repeat_kv). Instead of copying each kv
-    head ``groups`` times, the queries of a group are stacked as rows against their one kv head.
-    """
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    groups = heads // kv_heads
-    q = q.reshape([batch, q_len, kv_heads, groups, head_dim]).transpose([0, 2, 3, 1, 4])
-    q = q.reshape([batch, kv_heads, groups * q_len, head_dim])  # rows: (group, query)
-    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])  # [B, KVH, Lk, D]
-    scores = paddle.matmul(q, k, transpose_y=True) * scale  # [B, KVH, G * Lq, Lk]
-    if mask is not None:  # [B or 1, 1, Lq, Lk]: the same for every head
-        key_len = scores.shape[-1]
-        scores = scores.reshape([batch, kv_heads, groups, q_len, key_len]) + mask.unsqueeze(2)
-        scores = scores.reshape([batch, kv_heads, groups * q_len, key_len])
-    probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
-    out = paddle.matmul(probs, v).reshape([batch, kv_heads, groups, q_len, head_dim])
-    return out.transpose([0, 3, 1, 2, 4]).reshape([batch, q_len, heads, head_dim])
-
-
 def dense_attention(
     q: paddle.Tensor,
     k: paddle.Tensor,
@@ -170,28 +112,21 @@ def dense_attention(
     ``mask`` is additive, ``[B or 1, 1, Lq, Lk]``. ``flash_attention_2`` is handled by the caller
     through :func:`varlen_attention` (it needs unpadded tokens). Off the GPU, ``sdpa`` with
     grouped-query heads runs the grouped math too: Paddle's CPU backend copies every kv head
-    ``groups`` times first, which made each decode step 20x slower than the attention itself.
+    G times first, which dominated decode steps (benchmarks/README.md, "Why the code is the way it is").
     A CPU decode step without mask (one query per sequence, no gradient) runs that math as one
     operator, :func:`~paddlemix_qwen25vl.ops.decode_attention.decode_attention`, when it is built.
     """
-    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    grouped = implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not _on_gpu(q))
+    scale = softmax_scale(scale, q.shape[-1])
+    grouped = implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not tensor_on_gpu(q))
     if grouped and mask is None and decode_attention_applies(q):  # a CPU decode step: the same math in one op
         return decode_attention(q, k, v, scale)  # reads cache views in place
     if not k.is_contiguous():  # views of a preallocated cache: Paddle's matmul reads strided inputs far slower
         k, v = k.clone(), v.clone()
     if grouped:
-        return _grouped_math(q, k, v, mask, scale)
+        return grouped_attention(q, k, v, mask, scale)
     if implementation == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, training=False)
     raise ValueError(f"dense_attention does not run {implementation!r}")
-
-
-def _bottom_right_causal(len_q: int, len_k: int, dtype: str) -> paddle.Tensor:
-    """Additive causal mask ``[1, 1, Lq, Lk]`` aligning the last query with the last key (flash-attn convention)."""
-    allowed = np.arange(len_k)[None, :] <= np.arange(len_q)[:, None] + (len_k - len_q)
-    mask = np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
-    return paddle.to_tensor(mask).astype(dtype)
 
 
 def varlen_attention(
@@ -208,35 +143,19 @@ def varlen_attention(
 
     Sequence i spans ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` of q and the matching slice of k/v;
     tokens never attend across sequences. ``causal`` aligns the last query with the last key.
-    For eager/sdpa, sequences of equal length run as one batch (no cross-sequence mask).
+    For eager/sdpa, :func:`~.attention_math.packed_attention` runs sequences of equal length
+    as one batch through :func:`dense_attention`.
     """
     cu_q = np.asarray(cu_seqlens_q, dtype=np.int64)
     cu_k = np.asarray(cu_seqlens_k, dtype=np.int64)
-    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = softmax_scale(scale, q.shape[-1])
     if implementation == "flash_attention_2":
         return _flash_varlen(q, k, v, cu_q, cu_k, causal, scale)
-    len_q, len_k = np.diff(cu_q), np.diff(cu_k)
-    groups = {}
-    for i, key in enumerate(zip(len_q.tolist(), len_k.tolist())):
-        groups.setdefault(key, []).append(i)
-    pieces, rows = [], []
-    for (lq, lk), members in groups.items():
-        if lq == 0:
-            continue
-        starts_q, starts_k = cu_q[members], cu_k[members]
-        index_q = paddle.to_tensor((starts_q[:, None] + np.arange(lq)[None, :]).reshape(-1))
-        index_k = paddle.to_tensor((starts_k[:, None] + np.arange(lk)[None, :]).reshape(-1))
-        n = len(members)
-        qg = paddle.gather(q, index_q).reshape([n, lq, q.shape[1], q.shape[2]])
-        kg = paddle.gather(k, index_k).reshape([n, lk, k.shape[1], k.shape[2]])
-        vg = paddle.gather(v, index_k).reshape([n, lk, v.shape[1], v.shape[2]])
-        mask = _bottom_right_causal(lq, lk, q.dtype) if causal else None
-        pieces.append(dense_attention(qg, kg, vg, mask, implementation, scale).reshape([n * lq, q.shape[1], -1]))
-        rows.append(index_q)
-    out = paddle.zeros_like(q)
-    if not pieces:
-        return out
-    return paddle.scatter(out, paddle.concat(rows), paddle.concat(pieces), overwrite=True)
+
+    def dense(qg: paddle.Tensor, kg: paddle.Tensor, vg: paddle.Tensor, mask: Optional[paddle.Tensor], s: float) -> paddle.Tensor:
+        return dense_attention(qg, kg, vg, mask, implementation, s)
+
+    return packed_attention(q, k, v, cu_q, cu_k, causal, scale, dense)
 
 
 def top_left_causal_flag(len_q: np.ndarray, len_k: np.ndarray, causal: bool) -> Optional[bool]:
@@ -279,6 +198,5 @@ def _flash_varlen(
             return out
         if not _custom_op_available():  # a chunk after a cache without the custom operator: masked sdpa
             return varlen_attention(q, k, v, cu_q, cu_k, "sdpa", causal=causal, scale=scale)
-    from .ops import flash_attn_varlen_func  # its causal mask is bottom-right aligned
-
+    # The custom operator's causal mask is bottom-right aligned.
     return flash_attn_varlen_func(q, k, v, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=causal)

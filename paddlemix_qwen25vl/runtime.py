@@ -10,7 +10,18 @@ import paddle
 
 from .cpu import enable_fast_mkl_on_amd
 
-__all__ = ["prepare_cpu", "set_num_threads", "default_num_threads", "resolve_dtype", "set_device", "on_gpu", "DTYPES"]
+__all__ = [
+    "prepare_cpu",
+    "set_num_threads",
+    "default_num_threads",
+    "resolve_dtype",
+    "set_device",
+    "is_cuda_build",
+    "has_gpu",
+    "on_gpu",
+    "tensor_on_gpu",
+    "DTYPES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +66,25 @@ def prepare_cpu() -> None:
         set_num_threads()
 
 
+# The "are we on a GPU?" questions, each asked here and nowhere else.
+def is_cuda_build() -> bool:
+    """True when this Paddle build has CUDA support (whether or not a GPU is present)."""
+    return paddle.is_compiled_with_cuda()
+
+
+def has_gpu() -> bool:
+    """True when a GPU exists on this machine and this Paddle build can use it (whatever the current device)."""
+    return is_cuda_build() and paddle.device.cuda.device_count() > 0
+
+
 def on_gpu() -> bool:
     """True when Paddle's current device is a GPU."""
     return paddle.get_device().startswith("gpu")
+
+
+def tensor_on_gpu(x: paddle.Tensor) -> bool:
+    """True when ``x`` lives on a GPU."""
+    return x.place.is_gpu_place()
 
 
 def set_device(device: Optional[str]) -> str:
@@ -69,7 +96,7 @@ def set_device(device: Optional[str]) -> str:
         name = "gpu" + name[4:]
     if not (name == "cpu" or name == "gpu" or (name.startswith("gpu:") and name[4:].isdigit())):
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'gpu:N'")
-    if name.startswith("gpu") and not paddle.is_compiled_with_cuda():
+    if name.startswith("gpu") and not is_cuda_build():
         raise ValueError(
             f"device {device!r} requested but this paddle build has no CUDA support; install paddlepaddle-gpu "
             "(see README) or use --device cpu"

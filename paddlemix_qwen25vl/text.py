@@ -15,7 +15,8 @@ import paddle
 import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
-from .attention import causal_padding_mask, dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
+from .attention import dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
+from .attention_math import causal_padding_mask
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
 from .distributed.context import SINGLE, ParallelContext

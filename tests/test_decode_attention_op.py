@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 from paddlemix_qwen25vl import attention
+from paddlemix_qwen25vl.attention_math import grouped_attention
 from paddlemix_qwen25vl.ops import decode_attention as decode_module
 from paddlemix_qwen25vl.ops.decode_attention import decode_attention, decode_attention_applies
 
@@ -94,7 +95,7 @@ def test_dense_attention_runs_decode_steps_through_the_op(monkeypatch):
     with paddle.no_grad():
         fast = attention.dense_attention(q, k, v, None, "eager")
         assert calls, "an unmasked CPU decode step should use the operator"
-        math_path = attention._grouped_math(q, k, v, None, 1 / math.sqrt(16))
+        math_path = grouped_attention(q, k, v, None, 1 / math.sqrt(16))
         mask = paddle.zeros([2, 1, 1, 37])
         attention.dense_attention(q, k, v, mask, "eager")
     assert len(calls) == 1, "a masked step (padded batch) keeps the grouped math"

@@ -21,6 +21,7 @@ from paddlemix_qwen25vl.ops import (
     has_flash_attn_op,
     varlen_attention_reference,
 )
+from paddlemix_qwen25vl import log
 from paddlemix_qwen25vl.ops import loader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_fallback_equals_op(ops, causal):
 
 def test_without_op_falls_back_and_warns_once(ops, monkeypatch, caplog):
     monkeypatch.setattr(loader, "_ops", False)
-    monkeypatch.setattr(loader, "_warned", False)
+    monkeypatch.setattr(log, "_warned", set())
     assert not has_flash_attn_op()
     q, k, v, dout, cu_q, cu_k = make_case([5, 9], [5, 9], 2, 2, 64, seed=3)
     with caplog.at_level(logging.WARNING, logger=loader.__name__):

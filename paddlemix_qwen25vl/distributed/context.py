@@ -19,6 +19,8 @@ import paddle
 import paddle.distributed as dist
 from paddle.autograd import PyLayer
 
+from ..runtime import on_gpu
+
 __all__ = [
     "ParallelContext",
     "SINGLE",
@@ -134,7 +136,7 @@ def check_tensor_parallel_supported(degree: int) -> None:
         return
     if degree < 1:
         raise ValueError(f"tensor_parallel_degree must be >= 1, got {degree}")
-    if not paddle.is_compiled_with_cuda() or not paddle.get_device().startswith("gpu"):
+    if not on_gpu():
         raise RuntimeError(
             f"tensor_parallel_degree={degree} needs GPUs: tensor-parallel fine-tuning runs through "
             "paddlenlp's fleet hybrid parallelism, which has no CPU kernels (device is "

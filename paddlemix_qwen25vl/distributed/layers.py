@@ -19,6 +19,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import _C_ops
 
+from ..runtime import is_cuda_build
 from .context import SINGLE, ParallelContext, copy_to_ranks, gather_last_axis, reduce_from_ranks
 
 __all__ = [
@@ -30,13 +31,13 @@ __all__ = [
 ]
 
 
-_CPU_ONLY_PADDLE = not paddle.is_compiled_with_cuda()
+_CPU_ONLY_PADDLE = not is_cuda_build()  # asked once: linear() runs between every decode GEMV
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
     """``F.linear``. On a CPU-only Paddle in dygraph it calls the kernel F.linear ends up in
-    directly: F.linear first reads a GPU-only flag (``paddle.get_flags``), which cost ~35 us per
-    call between decode GEMVs, 1 ms of a 4-layer decode step."""
+    directly: F.linear first reads a GPU-only flag (``paddle.get_flags``), a cost that shows in
+    dispatch-bound decode steps (benchmarks/README.md, "Why the code is the way it is")."""
     if _CPU_ONLY_PADDLE and paddle.in_dynamic_mode():
         return _C_ops.linear(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
+from ..log import warn_once
 from ..resources import resource_path
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ EXTERNAL_OPS_DIR = resource_path("external_ops")
 
 # None until the first lookup; then the loaded module, or False if there is none.
 _ops: ModuleType | bool | None = None
-_warned = False
 
 
 def get_ops() -> ModuleType | None:
@@ -94,11 +94,9 @@ def build_ops(verbose: bool = False) -> ModuleType:
 
 def warn_fallback_once() -> None:
     """Log, once per process, that attention runs on the slower pure-paddle fallback."""
-    global _warned
-    if not _warned:
-        _warned = True
-        logger.warning(
-            "paddlemix_qwen25vl custom ops are not built: varlen attention uses the slower "
-            "pure-paddle fallback (per-segment matmul/softmax). Build them with "
-            "`pip install --no-build-isolation ./external_ops` or paddlemix_qwen25vl.ops.build_ops()."
-        )
+    warn_once(
+        logger,
+        "paddlemix_qwen25vl custom ops are not built: varlen attention uses the slower "
+        "pure-paddle fallback (per-segment matmul/softmax). Build them with "
+        "`pip install --no-build-isolation ./external_ops` or paddlemix_qwen25vl.ops.build_ops().",
+    )

@@ -4,9 +4,12 @@ Tokens of several segments are packed along the first axis; ``cu_seqlens`` (int3
 ``[batch + 1]``, prefix sums of segment lengths) says where each segment starts.
 Attention never crosses a segment boundary.
 
-Shapes: ``q`` ``[total_q, heads, head_dim]``, ``k``/``v`` ``[total_k, kv_heads, head_dim]``
-with ``heads % kv_heads == 0`` (grouped-query attention: query head ``h`` uses kv head
-``h // (heads // kv_heads)``). The result has the shape of ``q``.
+Dimensions:
+    Tq, Tk: packed query / key tokens (``total_q``/``total_k`` in flash-attn's names)
+    H: query heads      KVH: kv heads, H % KVH == 0 (query head h uses kv head h // (H // KVH))
+    D: head dim
+
+``q`` is ``[Tq, H, D]``, ``k``/``v`` ``[Tk, KVH, D]``; the result has the shape of ``q``.
 
 Causal masking follows flash-attn (>= 2.1) and aligns the mask to the bottom-right
 corner when a segment has ``seqlen_q != seqlen_k``: query ``i`` sees key ``j`` iff
@@ -20,11 +23,9 @@ ValueError instead of being silently ignored.
 """
 from __future__ import annotations
 
-import math
-
 import paddle
-import paddle.nn.functional as F
 
+from .. import attention_math
 from .loader import get_ops, warn_fallback_once
 
 __all__ = ["flash_attn_varlen_func", "varlen_attention_reference"]
@@ -107,49 +108,17 @@ def varlen_attention_reference(
     softmax_scale: float | None = None,
     causal: bool = False,
 ) -> paddle.Tensor:
-    """Pure-paddle varlen attention: plain matmul/softmax per segment.
+    """Pure-paddle varlen attention: :func:`~paddlemix_qwen25vl.attention_math.packed_attention`
+    (the eager math, sequences of equal length batched) behind this module's argument checks.
 
     Same contract as :func:`flash_attn_varlen_func`; differentiable through paddle's
     autograd. Used when the custom op is not built, and as its test oracle. Memory is
-    quadratic in the longest segment (one ``[heads, seqlen_q, seqlen_k]`` score matrix
-    at a time).
+    quadratic in sequence length (one ``[n, H, Lq, Lk]`` score tensor per group of ``n``
+    equally long segments).
     """
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
-    group = q.shape[1] // k.shape[1]
-    bounds_q = cu_seqlens_q.tolist()
-    bounds_k = cu_seqlens_k.tolist()
-    outputs = []
-    for b in range(len(bounds_q) - 1):
-        q0, q1, k0, k1 = bounds_q[b], bounds_q[b + 1], bounds_k[b], bounds_k[b + 1]
-        if q1 == q0:
-            continue
-        if k1 == k0:  # no keys: flash-attn returns zeros
-            outputs.append(paddle.zeros([q1 - q0, q.shape[1], q.shape[2]], dtype=q.dtype))
-            continue
-        qs = q[q0:q1].transpose([1, 0, 2])  # [heads, sq, dim]
-        ks = k[k0:k1].transpose([1, 0, 2])  # [kv_heads, sk, dim]
-        vs = v[k0:k1].transpose([1, 0, 2])
-        if group > 1:
-            ks = ks.repeat_interleave(group, axis=0)
-            vs = vs.repeat_interleave(group, axis=0)
-        scores = paddle.matmul(qs, ks, transpose_y=True) * scale  # [heads, sq, sk]
-        if causal:
-            sq, sk = q1 - q0, k1 - k0
-            rows = paddle.arange(sq).unsqueeze(1)
-            cols = paddle.arange(sk).unsqueeze(0)
-            visible = cols <= rows + (sk - sq)  # [sq, sk], bottom-right aligned
-            scores = paddle.where(visible, scores, paddle.full_like(scores, float("-inf")))
-            # Rows that see no key would be softmax(all -inf) = NaN; flash-attn gives 0.
-            row_has_key = visible.any(axis=1).astype(q.dtype).reshape([1, sq, 1])
-            scores = paddle.where(row_has_key > 0, scores, paddle.zeros_like(scores))
-            probs = F.softmax(scores, axis=-1) * row_has_key
-        else:
-            probs = F.softmax(scores, axis=-1)
-        outputs.append(paddle.matmul(probs, vs).transpose([1, 0, 2]))
-    if not outputs:
-        return paddle.zeros_like(q)
-    return paddle.concat(outputs, axis=0)
+    scale = attention_math.softmax_scale(softmax_scale, q.shape[2])
+    return attention_math.packed_attention(q, k, v, cu_seqlens_q.numpy(), cu_seqlens_k.numpy(), causal, scale)
 
 
 def flash_attn_varlen_func(
@@ -173,16 +142,16 @@ def flash_attn_varlen_func(
     from the saved logsumexp.
 
     Args:
-        q: ``[total_q, heads, head_dim]``.
-        k, v: ``[total_k, kv_heads, head_dim]``, ``heads % kv_heads == 0``.
+        q: ``[Tq, H, D]``.
+        k, v: ``[Tk, KVH, D]``, ``H % KVH == 0``.
         cu_seqlens_q, cu_seqlens_k: int32 ``[batch + 1]`` segment offsets.
         max_seqlen_q, max_seqlen_k: longest segment of q / k (sizes the CUDA grid).
         dropout_p: must be 0.0 (ValueError otherwise).
-        softmax_scale: defaults to ``1 / sqrt(head_dim)``.
+        softmax_scale: defaults to ``1 / sqrt(D)``.
         causal: bottom-right aligned causal mask (see the module docstring).
 
     Returns:
-        ``[total_q, heads, head_dim]`` in the dtype of ``q``.
+        ``[Tq, H, D]`` in the dtype of ``q``.
     """
     ops = get_ops()
     if ops is None:
@@ -194,7 +163,7 @@ def flash_attn_varlen_func(
     _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p)
     if q.place.is_cpu_place() and q.dtype != paddle.float32:
         raise ValueError(f"the CPU attention kernel supports float32 only, got {q.dtype}")
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
+    scale = attention_math.softmax_scale(softmax_scale, q.shape[2])
     out, _ = ops.qwen25vl_flash_attn_varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
         float(scale), bool(causal),

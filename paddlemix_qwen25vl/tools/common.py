@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..runtime import set_device
-from ..training.arguments import has_gpu
+from ..runtime import has_gpu, set_device
 
 __all__ = ["tool_device"]
 

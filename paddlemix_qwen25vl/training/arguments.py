@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
-import paddle
 from paddlenlp.trainer import TrainingArguments
 
 from ..distributed.context import check_tensor_parallel_supported
+from ..runtime import has_gpu
 
 __all__ = [
     "ModelArguments",
@@ -24,7 +24,6 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "NO_EFFECT",
     "CONV_STYLES",
-    "has_gpu",
     "warn_no_effect",
 ]
 
@@ -50,11 +49,6 @@ NO_EFFECT = {
     "benchmark": "use benchmarks/ for speed measurements",
 }
 CONV_STYLES = ("qwen2_5_vl", "qwen2_vl")  # the same chat template for Qwen2-VL and Qwen2.5-VL
-
-
-def has_gpu() -> bool:
-    """True when this paddle build sees a CUDA device."""
-    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def warn_no_effect(*argument_sets: Any) -> None:
