@@ -17,9 +17,9 @@ from paddlemix_qwen25vl import cpu, layers, runtime
 from paddlemix_qwen25vl.layers import RMSNorm
 from paddlemix_qwen25vl.ops import build_ops, flash_attn_varlen_func
 
-pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
+from helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
 
 
 def test_cap_never_exceeds_the_cpu(monkeypatch):

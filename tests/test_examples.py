@@ -12,17 +12,7 @@ from PIL import Image
 
 from paddlemix_qwen25vl.grounding import GroundingItem, draw_grounding, parse_grounding, to_original, to_resized
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    """Environment for the scripts: the demo checkpoint built once into a temporary cache."""
-    from paddlemix_qwen25vl.demo import demo_checkpoint
-
-    cache = str(tmp_path_factory.mktemp("demo_cache"))
-    demo_checkpoint(cache)
-    return {**os.environ, "PADDLEMIX_DEMO_DIR": cache}
+from helpers.paths import REPO
 
 
 def run_script(name, env, *args):

@@ -1,7 +1,6 @@
 """Fine-tuning: packed = padded loss, freezing flags, full runs whose loss falls, checkpoints and resume."""
 
 import os
-import sys
 
 import numpy as np
 import paddle
@@ -11,38 +10,8 @@ from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLPro
 from paddlemix_qwen25vl.training.collator import SFTCollator
 from paddlemix_qwen25vl.training.data import SFTDataset
 from paddlemix_qwen25vl.training.trainer import Qwen2_5_VLTrainer, set_trainable, trainable_parameter_names
-from test_finetune_common import processor, qa_records, tiny_checkpoint, tiny_config, write_dataset  # noqa: F401
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import qwen2_5_vl_finetune  # noqa: E402
-
-
-def run_finetune(model_path, meta_path, output_dir, *extra):
-    """Run the fine-tuning script in this process; returns the logged losses by step."""
-    losses = {}
-    original = Qwen2_5_VLTrainer.log
-
-    def log(trainer, logs, **kwargs):  # paddlenlp keeps no log history: catch the losses here
-        if "loss" in logs:
-            losses[trainer.state.global_step] = logs["loss"]
-        return original(trainer, logs, **kwargs)
-
-    Qwen2_5_VLTrainer.log = log
-    try:
-        qwen2_5_vl_finetune.main([
-            "--model_name_or_path", model_path, "--meta_path", meta_path, "--output_dir", output_dir,
-            "--per_device_train_batch_size", "3", "--learning_rate", "2e-2", "--logging_steps", "1",
-            "--report_to", "none", "--seed", "7", "--image_resolution", "112", "--save_steps", "1000", *extra,
-        ])
-    finally:
-        Qwen2_5_VLTrainer.log = original
-    return losses
-
-
-@pytest.fixture(scope="module")
-def meta_path(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("qa"))
-    return write_dataset(root, qa_records(root, count=8))
+from helpers.checkpoints import tiny_config
+from helpers.finetune import run_finetune
 
 
 def test_packed_loss_equals_padded_loss(tiny_checkpoint, processor, meta_path):

@@ -8,10 +8,8 @@ import sys
 import pytest
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
-from test_finetune import meta_path  # noqa: F401
-from test_finetune_common import tiny_checkpoint  # noqa: F401
+from helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "shell", "baseline_*.sh")))
 
 

@@ -24,7 +24,8 @@ from paddlemix_qwen25vl.ops import (
 from paddlemix_qwen25vl import log
 from paddlemix_qwen25vl.ops import loader
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
+
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 

@@ -7,8 +7,7 @@ import torch
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from paddlemix_qwen25vl.generation import apply_repetition_penalty, choose_next_tokens, top_k_top_p_filter
-from reference import TOKENS
-from test_parity import make_inputs
+from helpers.reference import TOKENS, make_inputs
 
 pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
 

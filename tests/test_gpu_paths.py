@@ -25,14 +25,14 @@ from paddlemix_qwen25vl.rope import rotary_inv_freq
 from paddlemix_qwen25vl.training.arguments import DEFAULT_LORA_TARGETS
 from paddlemix_qwen25vl.training.lora import add_lora
 from paddlemix_qwen25vl.training.trainer import Qwen2_5_VLTrainer
-from test_finetune_common import tiny_config
-from test_tensor_parallel import REPO, WORKER_ENV
 
-sys.path.insert(0, os.path.join(REPO, "external_ops"))
-import build_config  # noqa: E402
+from helpers.checkpoints import tiny_config
+from helpers.paths import REPO
+from helpers.scripts import import_script
+from helpers.tensor_parallel import WORKER_ENV
 
-sys.path.insert(0, os.path.join(REPO, "examples"))
-import qwen2_5_vl_finetune  # noqa: E402
+build_config = import_script("external_ops/build_config.py")
+qwen2_5_vl_finetune = import_script("examples/qwen2_5_vl_finetune.py")
 
 IMAGE_TOKEN = tiny_config().image_token_id
 

@@ -17,9 +17,10 @@ from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile
 from paddlemix_qwen25vl.convert import convert_hf_to_paddle
 from paddlemix_qwen25vl.loading import is_linear_weight, resolve_model_path
 from paddlemix_qwen25vl.runtime import default_num_threads, resolve_dtype
-from reference import TOKENS, build_sample, pixels_for
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.paths import REPO
+from helpers.reference import build_sample, pixels_for
+
 GRIDS = [(1, 4, 6), (1, 8, 10)]
 
 

@@ -1,7 +1,6 @@
 """LoRA: adapters only on the decoder projections, a run whose loss falls, merged logits equal LoRA logits."""
 
 import os
-import sys
 
 import numpy as np
 import paddle
@@ -12,11 +11,11 @@ from paddlemix_qwen25vl.training.collator import SFTCollator
 from paddlemix_qwen25vl.training.data import SFTDataset
 from paddlemix_qwen25vl.training.lora import add_lora
 from paddlemix_qwen25vl.training.trainer import set_trainable, trainable_parameter_names
-from test_finetune import meta_path, run_finetune  # noqa: F401
-from test_finetune_common import processor, tiny_checkpoint, tiny_config  # noqa: F401
+from helpers.checkpoints import tiny_config
+from helpers.finetune import run_finetune
+from helpers.scripts import import_script
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-import merge_lora_params  # noqa: E402
+merge_lora_params = import_script("examples/merge_lora_params.py")
 
 
 def test_default_targets_are_the_decoder_projections():

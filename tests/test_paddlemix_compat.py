@@ -15,12 +15,13 @@ from safetensors.numpy import save_file
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
 from paddlemix_qwen25vl.training.data import SFTDataset
-from test_examples import demo_env  # noqa: F401
-from test_finetune_common import processor, qa_records, save_image, tiny_checkpoint, tiny_config, write_dataset  # noqa: F401
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples"))
-import qwen2_5_vl_finetune  # noqa: E402
+from helpers.checkpoints import tiny_config
+from helpers.data import qa_records, save_image, write_dataset
+from helpers.paths import REPO
+from helpers.scripts import import_script
+
+qwen2_5_vl_finetune = import_script("examples/qwen2_5_vl_finetune.py")
 
 LORA_TARGETS = ("model.layers.*q_proj.*,model.layers.*k_proj.*,model.layers.*v_proj.*,model.layers.*gate_proj.*,"
                 "model.layers.*up_proj.*,model.layers.*down_proj.*,model.layers.*o_proj.*")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
-from reference import TOKENS, build_sample, left_pad, pixels_for
+from helpers.reference import make_inputs
 
 pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
 
@@ -27,33 +27,6 @@ CASES = [
     ("text_only", [([], [17], [])]),
     ("left_padded_text_only", [([], [9], []), ([], [14], [])]),
 ]
-
-
-def make_inputs(rows, seed=0):
-    """numpy inputs for one case: ids/mask left-padded, images before videos in order of appearance."""
-    rng = np.random.default_rng(seed)
-    id_rows, image_grids, video_grids, seconds = [], [], [], []
-    for items, text_lens, row_seconds in rows:
-        id_rows.append(build_sample(rng, items, text_lens))
-        image_grids += [g for kind, g in items if kind == "image"]
-        video_grids += [g for kind, g in items if kind == "video"]
-        seconds += row_seconds
-    ids, mask = left_pad(id_rows, TOKENS["pad_token_id"])
-    # Partly supervised: each row's first real tokens are not, so that no label is predicted
-    # from a padded position (whose logits carry no meaning in any implementation).
-    first_real = np.argmax(mask == 1, axis=1)[:, None]
-    supervised = (mask == 1) & (np.arange(ids.shape[1])[None] >= first_real + 3)
-    labels = np.where(supervised, ids, -100)
-    inputs = dict(input_ids=ids, attention_mask=mask, labels=labels)
-    if image_grids:
-        inputs.update(pixel_values=pixels_for(rng, image_grids), image_grid_thw=np.array(image_grids, dtype=np.int64))
-    if video_grids:
-        inputs.update(
-            pixel_values_videos=pixels_for(rng, video_grids),
-            video_grid_thw=np.array(video_grids, dtype=np.int64),
-            second_per_grid_ts=np.array(seconds, dtype=np.float32),
-        )
-    return inputs
 
 
 def run(model, tensors):

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 from PIL import Image
-from processing_helpers import tokenizer_dir, write_video
+from helpers.media import tokenizer_dir, write_video
 from transformers import Qwen2_5_VLProcessor as ReferenceProcessor
 from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor
 

@@ -8,9 +8,12 @@ import paddle
 import pytest
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from paddlemix_qwen25vl.demo import DEMO_VIDEO
 from paddlemix_qwen25vl.training.conversation import RecordError
 from paddlemix_qwen25vl.training.data import SFTDataset, build_index, load_meta
-from test_finetune_common import DEMO_VIDEO, processor, save_image, tiny_checkpoint, tiny_config, write_dataset  # noqa: F401
+
+from helpers.checkpoints import tiny_config
+from helpers.data import save_image, write_dataset
 
 IM_START, IM_END, NEWLINE, ASSISTANT = 151644, 151645, 198, 77091
 

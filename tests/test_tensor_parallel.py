@@ -25,15 +25,12 @@ from paddlemix_qwen25vl.distributed import (
 )
 from paddlemix_qwen25vl.tools.tensor_parallel import split_tensor_parallel
 from paddlemix_qwen25vl.loading import TensorSlicing, load_weights, shard_files
-from reference import build_reference_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tp_scripts"))
-import tp_worker  # noqa: E402
+from helpers.paths import REPO
+from helpers.reference import build_reference_model
+from helpers.tensor_parallel import WORKER_ENV, run_workload
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MP = 2
-# One thread per rank: the two ranks share the machine's cores.
-WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PADDLEMIX_NUM_THREADS": "1", "PYTHONPATH": REPO}
 
 
 def launch(command, log_dir, env=None):
@@ -104,7 +101,7 @@ def single(checkpoints):
     results = {}
     for name in ("tied", "untied"):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(paths[name])
-        results[name] = (tp_worker.run(model), model)
+        results[name] = (run_workload(model), model)
     return results
 
 

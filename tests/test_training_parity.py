@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
-from test_parity import make_inputs
+from helpers.reference import make_inputs
 
 pytestmark = pytest.mark.usefixtures("custom_ops")  # these tests run the compiled operators
 

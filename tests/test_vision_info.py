@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from processing_helpers import decode_frame_index, frame_pattern, http_server, write_video
+from helpers.media import decode_frame_index, frame_pattern, http_server, write_video
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference_smart_resize
 
 from paddlemix_qwen25vl.processing import fetch_image, fetch_video, process_vision_info, smart_nframes, smart_resize

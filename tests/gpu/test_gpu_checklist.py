@@ -25,13 +25,12 @@ from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile
 from paddlemix_qwen25vl.demo import DEMO_IMAGE, DEMO_QUESTION, resolve_model_or_demo
 from paddlemix_qwen25vl.loading import shard_files
 
+from helpers.data import qa_records, write_dataset
+from helpers.paths import REPO
+
 GPUS = paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
 pytestmark = pytest.mark.skipif(GPUS == 0, reason="the GPU checklist needs a CUDA GPU")
 two_gpus = pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-from test_finetune_common import qa_records, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

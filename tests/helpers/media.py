@@ -1,4 +1,4 @@
-"""Shared test helpers for the preprocessing tests: tokenizer files, test videos, a local HTTP server."""
+"""The preprocessing tests' media: tokenizer files, test videos, a local HTTP server."""
 import contextlib
 import http.server
 import tempfile

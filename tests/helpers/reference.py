@@ -1,4 +1,4 @@
-"""Tiny random reference models (transformers 4.51.3, PyTorch CPU) and matching inputs.
+"""Tiny random reference models (transformers 4.51.3, PyTorch CPU) and matching inputs (``make_inputs``).
 
 The parity tests save these with ``save_pretrained`` and load them with this library, so
 both sides hold exactly the same weights.
@@ -124,3 +124,30 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np
         ids[i, length - len(row):] = row
         mask[i, length - len(row):] = 1
     return ids, mask
+
+
+def make_inputs(rows: Sequence[Tuple[Sequence, Sequence[int], Sequence[float]]], seed: int = 0) -> Dict[str, np.ndarray]:
+    """numpy inputs for one case: ids/mask left-padded, images before videos in order of appearance."""
+    rng = np.random.default_rng(seed)
+    id_rows, image_grids, video_grids, seconds = [], [], [], []
+    for items, text_lens, row_seconds in rows:
+        id_rows.append(build_sample(rng, items, text_lens))
+        image_grids += [g for kind, g in items if kind == "image"]
+        video_grids += [g for kind, g in items if kind == "video"]
+        seconds += row_seconds
+    ids, mask = left_pad(id_rows, TOKENS["pad_token_id"])
+    # Partly supervised: each row's first real tokens are not, so that no label is predicted
+    # from a padded position (whose logits carry no meaning in any implementation).
+    first_real = np.argmax(mask == 1, axis=1)[:, None]
+    supervised = (mask == 1) & (np.arange(ids.shape[1])[None] >= first_real + 3)
+    labels = np.where(supervised, ids, -100)
+    inputs = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    if image_grids:
+        inputs.update(pixel_values=pixels_for(rng, image_grids), image_grid_thw=np.array(image_grids, dtype=np.int64))
+    if video_grids:
+        inputs.update(
+            pixel_values_videos=pixels_for(rng, video_grids),
+            video_grid_thw=np.array(video_grids, dtype=np.int64),
+            second_per_grid_ts=np.array(seconds, dtype=np.float32),
+        )
+    return inputs
