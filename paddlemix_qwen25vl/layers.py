@@ -35,7 +35,7 @@ class RMSNorm(nn.Layer):
         low_precision = input_dtype != paddle.float32  # astype costs a Python call even when it is a no-op
         if low_precision:
             hidden_states = hidden_states.astype("float32")
-        variance = paddle.square(hidden_states).mean(-1, keepdim=True)  # square: Paddle's CPU pow is ~6x slower
+        variance = paddle.square(hidden_states).mean(-1, keepdim=True)  # square: Paddle's CPU pow is far slower
         hidden_states = hidden_states * paddle.rsqrt(variance + self.variance_epsilon)
         return self.weight * (hidden_states.astype(input_dtype) if low_precision else hidden_states)
 

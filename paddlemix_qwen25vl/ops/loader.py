@@ -67,7 +67,7 @@ def _load_build_config() -> ModuleType:
 def build_ops(verbose: bool = False) -> ModuleType:
     """Compile (or reuse the cached build of) the custom operators and load them.
 
-    Takes about a minute on two cores the first time; later calls with unchanged sources
+    Compiles C++ (and CUDA) sources the first time; later calls with unchanged sources
     reuse ``~/.cache/paddlemix_qwen25vl/ops``. Returns the already loaded module if the
     ops are installed or were built before in this process (paddle cannot register the
     same operator twice).
