@@ -1,4 +1,9 @@
-"""The decoder's key/value cache: its own object, owned by whoever runs generation."""
+"""The decoder's key/value cache: its own object, owned by whoever runs generation.
+
+Dimensions:
+    B: batch rows     L: cached positions (Lq: this step's new ones)
+    KVH: kv heads     D: head dim
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ __all__ = ["KVCache"]
 
 
 class KVCache:
-    """Per-layer keys and values ``[B, L, kv_heads, head_dim]``, grown as tokens arrive.
+    """Per-layer keys and values ``[B, L, KVH, D]``, grown as tokens arrive.
 
     With ``capacity`` (what :func:`~paddlemix_qwen25vl.generation.generate` passes: the prompt
-    plus every token it may add) each layer's buffers ``[B, capacity, kv_heads, head_dim]`` are
+    plus every token it may add) each layer's buffers ``[B, capacity, KVH, D]`` are
     allocated at the first update and later tokens are written in place; ``update`` returns
     views of the filled prefix. Without it every step concatenates, copying the whole cache,
     which grows with the context (8 MB per layer per step at 4k tokens for the 3B).
@@ -23,7 +28,7 @@ class KVCache:
         if capacity is not None and capacity < 1:
             raise ValueError(f"KVCache capacity must be a positive number of tokens, got {capacity}")
         self.capacity = capacity
-        self.keys: List[Optional[paddle.Tensor]] = [None] * num_layers  # [B, L or capacity, kv_heads, head_dim]
+        self.keys: List[Optional[paddle.Tensor]] = [None] * num_layers  # [B, L or capacity, KVH, D]
         self.values: List[Optional[paddle.Tensor]] = [None] * num_layers
         self.lengths: List[int] = [0] * num_layers  # tokens cached per layer
 
@@ -32,8 +37,8 @@ class KVCache:
         return self.lengths[0]
 
     def update(self, layer_idx: int, key: paddle.Tensor, value: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Append this step's ``key``/``value`` ``[B, Lq, kv_heads, head_dim]`` for ``layer_idx``
-        and return everything cached so far, ``[B, L, kv_heads, head_dim]``."""
+        """Append this step's ``key``/``value`` ``[B, Lq, KVH, D]`` for ``layer_idx``
+        and return everything cached so far, ``[B, L, KVH, D]``."""
         start = self.lengths[layer_idx]
         end = start + key.shape[1]
         if self.capacity is not None and end > self.capacity:

@@ -1,4 +1,9 @@
-"""Building blocks shared by the vision tower and the decoder: RMSNorm and the SwiGLU MLP."""
+"""Building blocks shared by the vision tower and the decoder: RMSNorm and the SwiGLU MLP.
+
+Dimensions:
+    ...: any leading axes ([N] in the vision tower, [B, L] in the decoder)
+    C: hidden size     I: MLP intermediate size (this rank's share under tensor parallelism)
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class RMSNorm(nn.Layer):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        """``[..., C]`` -> ``[..., C]``."""
         if hidden_states.dtype == paddle.float32 and not paddle.is_grad_enabled() and fused_rms_norm_allowed():
             # Inference: Paddle's fused kernel is one op instead of six (a decode step's norms
             # are dispatch-bound); it has no CPU backward, hence not under autograd, and its CPU
@@ -62,4 +68,5 @@ class SwiGLUMLP(nn.Layer):
         self.act_fn = ACT2FN[hidden_act]
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """``[..., C]`` -> gate, up ``[..., I]`` -> ``[..., C]``."""
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

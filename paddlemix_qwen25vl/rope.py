@@ -1,6 +1,10 @@
 """Rotary position embeddings: the vision tower's 2D rotary, the decoder's MRoPE, and
 ``get_rope_index``, the one place where multimodal (T, H, W) position ids are computed
 (used by the model's forward, generation and the training data pipeline alike).
+
+Dimensions:
+    N: vision patches     D: head dim (of the tower or the decoder the table is for)
+    B: batch rows         L: positions of a row     3: the (T, H, W) position axes
 """
 
 from __future__ import annotations
@@ -55,39 +59,39 @@ def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin_signed: paddle.Tensor
 
 
 def vision_rotary_freqs(grid_thw: np.ndarray, head_dim: int, spatial_merge_size: int, theta: float = 10000.0) -> np.ndarray:
-    """2D rotary angles of every patch, in the processor's (t, h/2, w/2, 2, 2) row order.
+    """2D rotary angles of every patch, in the processor's (t, h/m, w/m, m, m) row order (m = spatial_merge_size).
 
-    Returns float32 ``[num_patches, head_dim // 2]``: the first half rotates with the patch
-    row, the second half with the patch column (each over head_dim // 4 frequencies).
+    Returns float32 ``[N, D // 2]``: the first half rotates with the patch row, the second
+    half with the patch column (each over D // 4 frequencies).
     """
-    inv_freq = rotary_inv_freq(head_dim // 2, theta)  # [head_dim // 4]
+    inv_freq = rotary_inv_freq(head_dim // 2, theta)  # [D // 4]
     m = spatial_merge_size
     rows = []
     for t, h, w in grid_thw.tolist():
-        # Patch (row, col) ids, reordered so that each 2x2 merge group is contiguous.
+        # Patch (row, col) ids, reordered so that each m x m merge group is contiguous.
         hpos = np.broadcast_to(np.arange(h)[:, None], (h, w)).reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3)
         wpos = np.broadcast_to(np.arange(w)[None, :], (h, w)).reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3)
         pos = np.stack([hpos.reshape(-1), wpos.reshape(-1)], axis=-1)  # [h*w, 2]
         rows.append(np.tile(pos, (t, 1)))
-    pos_ids = np.concatenate(rows, axis=0)  # [num_patches, 2]
+    pos_ids = np.concatenate(rows, axis=0)  # [N, 2]
     # Same float32 product as the reference's outer(arange, inv_freq) table lookup.
-    freqs = pos_ids[:, :, None].astype(np.float32) * inv_freq[None, None, :]  # [N, 2, head_dim // 4]
+    freqs = pos_ids[:, :, None].astype(np.float32) * inv_freq[None, None, :]  # [N, 2, D // 4]
     return freqs.reshape(pos_ids.shape[0], -1)
 
 
 def mrope_cos_sin(
     position_ids: paddle.Tensor, inv_freq: paddle.Tensor, mrope_section: Sequence[int], dtype: str
 ) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """cos and signed sin (:func:`signed_sin`) ``[B, L, head_dim]`` for MRoPE position ids
+    """cos and signed sin (:func:`signed_sin`) ``[B, L, D]`` for MRoPE position ids
     ``[3, B, L]`` (T, H, W), the tables :func:`apply_rotary` takes.
 
     Rotary frequency block j of ``mrope_section`` (e.g. [16, 24, 24]) takes its angle from
     position axis j, in both halves of the head dimension. Computed in float32.
     """
-    freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq  # [3, B, L, head_dim // 2]
+    freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq  # [3, B, L, D // 2]
     chunks = paddle.split(freqs, list(mrope_section), axis=-1)
-    freqs = paddle.concat([chunk[axis] for axis, chunk in enumerate(chunks)], axis=-1)  # [B, L, head_dim // 2]
-    emb = paddle.concat([freqs, freqs], axis=-1)  # [B, L, head_dim]
+    freqs = paddle.concat([chunk[axis] for axis, chunk in enumerate(chunks)], axis=-1)  # [B, L, D // 2]
+    emb = paddle.concat([freqs, freqs], axis=-1)  # [B, L, D]
     return emb.cos().astype(dtype), signed_sin(emb.sin()).astype(dtype)
 
 

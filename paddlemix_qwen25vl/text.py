@@ -3,6 +3,10 @@
 Built from the tensor-parallel blocks of :mod:`paddlemix_qwen25vl.distributed`: with
 ``mp.world_size == N`` each rank holds ``1/N`` of the heads, kv heads, MLP channels and
 vocabulary; with the default ``SINGLE`` context they are plain ``nn.Linear``/``nn.Embedding``.
+
+Dimensions:
+    B: batch rows            L, Lq: new positions of this forward; Lk: cached + new keys
+    C: hidden size           H, KVH: this rank's query / kv heads     D: head dim
 """
 
 from __future__ import annotations
@@ -73,9 +77,9 @@ class DecoderAttention(nn.Layer):
         q = self.q_proj(hidden_states).reshape([batch, q_len, self.num_heads, self.head_dim])
         k = self.k_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
         v = self.v_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
-        q, k = apply_rotary(q, cos, sin_signed), apply_rotary(k, cos, sin_signed)  # cos/sin_signed: [B, Lq, 1, head_dim]
+        q, k = apply_rotary(q, cos, sin_signed), apply_rotary(k, cos, sin_signed)  # cos/sin_signed: [B, Lq, 1, D]
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # [B, Lk, kv_heads, head_dim]
+            k, v = cache.update(self.layer_idx, k, v)  # [B, Lk, KVH, D]
         if layout.implementation == "flash_attention_2":
             k_len = k.shape[1]
             q_rows = paddle.gather(q.reshape([batch * q_len, self.num_heads, self.head_dim]), layout.rows_q)
@@ -129,7 +133,7 @@ def _unpadded_layout(
 
 
 class RotaryFrequencies(nn.Layer):
-    """The decoder's rotary ``inv_freq [head_dim / 2]``, kept in float32 under any mixed precision."""
+    """The decoder's rotary ``inv_freq [D / 2]``, kept in float32 under any mixed precision."""
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -186,7 +190,7 @@ class Qwen2_5_VLTextModel(nn.Layer):
             layout = AttentionLayout(implementation, mask=mask)
 
         cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
-        cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, head_dim]: broadcast over heads
+        cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, D]: broadcast over heads
 
         hidden_states = inputs_embeds
         for layer in self.layers:

@@ -1,8 +1,14 @@
 """The Qwen2.5-VL vision tower: a ViT with 2D rotary, window attention and a 2x2 patch merger.
 
 Input rows are 14x14 patches over 2 frames (``[N, 3 * 2 * 14 * 14]``), ordered so that every
-4 consecutive rows form one 2x2 merge group; the output has one row per merge group, i.e. per
-image/video pad token of the prompt.
+U = 4 consecutive rows form one 2x2 merge group; the output has one row per merge group, i.e.
+per image/video pad token of the prompt.
+
+Dimensions:
+    N: patches (rows of pixel_values)     C: hidden size (1280)
+    H: attention heads                    D: head dim (C // H)
+    U: patches per merge group, spatial_merge_size ** 2 (4)
+    M: merge groups, N // U (rows of the output, out_hidden_size wide)
 """
 
 from __future__ import annotations
@@ -29,31 +35,42 @@ class AttnImplementationSource(Protocol):
     attn_implementation: str
 
 
-def window_index(grid_thw: np.ndarray, window_merged: int) -> Tuple[np.ndarray, np.ndarray]:
+def window_index(grid_thw: np.ndarray, window_merged: int, spatial_merge_size: int = 2) -> Tuple[np.ndarray, np.ndarray]:
     """Order of merge groups that makes every attention window contiguous, and window bounds.
 
-    Per item, the merged grid (t, h/2, w/2) is padded to multiples of ``window_merged``
-    (a side already divisible still gets a full empty pad window, as in the reference),
-    cut into windows of ``window_merged x window_merged`` merge groups, and the pad dropped.
-    Returns ``index`` [num_groups] (new position -> original merge group) and
-    ``cu_window_seqlens`` over patches, with empty windows removed.
+    Per item, the merged grid (t, h / spatial_merge_size, w / spatial_merge_size) is padded to
+    multiples of ``window_merged`` (the window's side in merge groups; a side already divisible
+    still gets a full empty pad window, as in the reference), cut into windows of
+    ``window_merged x window_merged`` merge groups, and the pad dropped. Returns ``index [M]``
+    (new position -> original merge group) and ``cu_window_seqlens`` over patches, with empty
+    windows removed.
+
+    One frame of 3 x 5 merge groups, ``window_merged = 2`` (``.`` = pad)::
+
+         0  1 |  2  3 |  4  .       windows in row order, each read row by row:
+         5  6 |  7  8 |  9  .         A = 0 1 5 6   B = 2 3 7 8   C = 4 9
+        ------+-------+------         D = 10 11     E = 12 13     F = 14
+        10 11 | 12 13 | 14  .       index = 0 1 5 6 2 3 7 8 4 9 10 11 12 13 14
+         .  . |  .  . |  .  .       cu_window_seqlens = U * [0, 4, 8, 10, 12, 14, 15]
     """
+    spatial_merge_unit = spatial_merge_size**2
+    pad = -100
     indices: List[np.ndarray] = []
     cu_seqlens = [0]
     offset = 0
     for t, h, w in grid_thw.tolist():
-        gh, gw = h // 2, w // 2
+        gh, gw = h // spatial_merge_size, w // spatial_merge_size  # the merged grid
         ids = np.arange(t * gh * gw).reshape(t, gh, gw)
         pad_h = window_merged - gh % window_merged
         pad_w = window_merged - gw % window_merged
-        nh, nw = (gh + pad_h) // window_merged, (gw + pad_w) // window_merged
-        padded = np.pad(ids, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=-100)
+        nh, nw = (gh + pad_h) // window_merged, (gw + pad_w) // window_merged  # windows per column / row
+        padded = np.pad(ids, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=pad)
         padded = padded.reshape(t, nh, window_merged, nw, window_merged).transpose(0, 1, 3, 2, 4)
-        padded = padded.reshape(t, nh * nw, window_merged * window_merged)
-        sizes = (padded != -100).sum(-1).reshape(-1)  # merge groups per window
+        padded = padded.reshape(t, nh * nw, window_merged * window_merged)  # [t, windows, groups]
+        sizes = (padded != pad).sum(-1).reshape(-1)  # merge groups per window
         flat = padded.reshape(-1)
-        indices.append(flat[flat != -100] + offset)
-        cu_seqlens.extend((np.cumsum(sizes) * 4 + cu_seqlens[-1]).tolist())
+        indices.append(flat[flat != pad] + offset)
+        cu_seqlens.extend((np.cumsum(sizes) * spatial_merge_unit + cu_seqlens[-1]).tolist())
         offset += t * gh * gw
     cu = np.asarray(cu_seqlens, dtype=np.int64)
     keep = np.concatenate([[True], cu[1:] != cu[:-1]])  # unique_consecutive: drop empty windows
@@ -77,8 +94,8 @@ class VisionPatchEmbed(nn.Layer):
         return [self.proj.weight]
 
     def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
-        weight = self.proj.weight.reshape([self.embed_dim, self.patch_dim])  # [C_out, 3*2*14*14]
-        return paddle.matmul(pixel_values.astype(weight.dtype), weight, transpose_y=True)  # [N, C_out]
+        weight = self.proj.weight.reshape([self.embed_dim, self.patch_dim])  # [C, 3*2*14*14]
+        return paddle.matmul(pixel_values.astype(weight.dtype), weight, transpose_y=True)  # [N, C]
 
 
 class VisionAttention(nn.Layer):
@@ -101,13 +118,13 @@ class VisionAttention(nn.Layer):
     ) -> paddle.Tensor:
         seq_len = hidden_states.shape[0]
         qkv = self.qkv(hidden_states).reshape([seq_len, 3, self.num_heads, self.head_dim])
-        # One copy to [3, N, heads, head_dim] so that q, k, v are contiguous: Paddle's CPU
-        # elementwise kernels (the rotary below) run ~3x slower on the strided views of unbind(axis=1).
-        q, k, v = qkv.transpose([1, 0, 2, 3]).contiguous().unbind(axis=0)  # each [N, heads, head_dim]
-        # Rotary in float32 whatever the compute dtype (cos/sin_signed: [N, heads, head_dim]).
+        # One copy to [3, N, H, D] so that q, k, v are contiguous: Paddle's CPU
+        # elementwise kernels (the rotary below) are much slower on the strided views of unbind(axis=1).
+        q, k, v = qkv.transpose([1, 0, 2, 3]).contiguous().unbind(axis=0)  # each [N, H, D]
+        # Rotary in float32 whatever the compute dtype (cos/sin_signed: [N, H, D]).
         q = apply_rotary(q.astype("float32"), cos, sin_signed).astype(v.dtype)
         k = apply_rotary(k.astype("float32"), cos, sin_signed).astype(v.dtype)
-        out = varlen_attention(q, k, v, cu_seqlens, cu_seqlens, implementation)  # [N, heads, head_dim]
+        out = varlen_attention(q, k, v, cu_seqlens, cu_seqlens, implementation)  # [N, H, D]
         return self.proj(out.reshape([seq_len, -1]))
 
 
@@ -129,7 +146,7 @@ class VisionBlock(nn.Layer):
 
 
 class PatchMerger(nn.Layer):
-    """RMSNorm, concatenate each 2x2 group (4 x 1280 -> 5120), Linear, exact GELU, Linear."""
+    """RMSNorm, concatenate each merge group ``[M, U * C]`` (4 x 1280 -> 5120), Linear, exact GELU, Linear."""
 
     def __init__(self, config: Qwen2_5_VLVisionConfig) -> None:
         super().__init__()
@@ -146,7 +163,7 @@ class PatchMerger(nn.Layer):
 
 
 class Qwen2_5_VisionTransformer(nn.Layer):
-    """``visual(pixel_values [N, 1176], grid_thw [items, 3]) -> [N / 4, out_hidden_size]``."""
+    """``visual(pixel_values [N, 1176], grid_thw [items, 3]) -> [M, out_hidden_size]``."""
 
     def __init__(self, config: Qwen2_5_VLVisionConfig, attn_implementation: Union[str, AttnImplementationSource] = "sdpa") -> None:
         """``attn_implementation``: a kernel name for a standalone tower, or an object whose
@@ -158,7 +175,8 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         self.config = config
         self._attn_source = attn_implementation
         self.recompute = False
-        self.merge_unit = config.spatial_merge_size**2
+        self.spatial_merge_unit = config.spatial_merge_size**2  # U
+        # The window's merged side: window_size pixels in merge groups (112 // 2 // 14 = 4).
         self.window_merged = config.window_size // config.spatial_merge_size // config.patch_size
         self.head_dim = config.hidden_size // config.num_heads
         self.patch_embed = VisionPatchEmbed(config)
@@ -197,8 +215,9 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         image must still run the tower, or the others wait for it forever. PaddleMIX's collator
         adds a fake image for the same reason; here the batch is left as it is.
         """
-        pixels = paddle.zeros([self.merge_unit, self.patch_embed.patch_dim], dtype=self.patch_embed.proj.weight.dtype)
-        return self(pixels, np.array([[1, 2, 2]])).sum().astype(dtype) * 0.0
+        pixels = paddle.zeros([self.spatial_merge_unit, self.patch_embed.patch_dim], dtype=self.patch_embed.proj.weight.dtype)
+        side = self.config.spatial_merge_size  # one merge group: a frame of side x side patches
+        return self(pixels, np.array([[1, side, side]])).sum().astype(dtype) * 0.0
 
     def forward(self, pixel_values: paddle.Tensor, grid_thw: Union[paddle.Tensor, np.ndarray]) -> paddle.Tensor:
         grid = grid_thw.numpy() if isinstance(grid_thw, paddle.Tensor) else np.asarray(grid_thw)
@@ -208,15 +227,16 @@ class Qwen2_5_VisionTransformer(nn.Layer):
         seq_len, dim = hidden_states.shape
 
         # Reorder merge groups so that every window is contiguous; undone after the merger.
-        order, cu_window = window_index(grid, self.window_merged)
+        order, cu_window = window_index(grid, self.window_merged, self.config.spatial_merge_size)
         order_t = paddle.to_tensor(order)
-        hidden_states = paddle.gather(hidden_states.reshape([-1, self.merge_unit, dim]), order_t).reshape([seq_len, dim])
-        freqs = vision_rotary_freqs(grid, self.head_dim, self.config.spatial_merge_size)  # [N, head_dim / 2]
-        freqs = freqs.reshape(-1, self.merge_unit, freqs.shape[-1])[order].reshape(seq_len, -1)
-        emb = paddle.to_tensor(np.concatenate([freqs, freqs], axis=-1)).unsqueeze(1)  # [N, 1, head_dim]
-        # Expanded to every head once for all blocks: Paddle's CPU elementwise kernels are ~3x
+        grouped = hidden_states.reshape([-1, self.spatial_merge_unit, dim])  # [M, U, C]
+        hidden_states = paddle.gather(grouped, order_t).reshape([seq_len, dim])
+        freqs = vision_rotary_freqs(grid, self.head_dim, self.config.spatial_merge_size)  # [N, D / 2]
+        freqs = freqs.reshape(-1, self.spatial_merge_unit, freqs.shape[-1])[order].reshape(seq_len, -1)
+        emb = paddle.to_tensor(np.concatenate([freqs, freqs], axis=-1)).unsqueeze(1)  # [N, 1, D]
+        # Expanded to every head once for all blocks: Paddle's CPU elementwise kernels are much
         # slower when they broadcast.
-        cos = paddle.tile(emb.cos(), [1, self.config.num_heads, 1])  # [N, heads, head_dim]
+        cos = paddle.tile(emb.cos(), [1, self.config.num_heads, 1])  # [N, H, D]
         sin_signed = paddle.tile(signed_sin(emb.sin()), [1, self.config.num_heads, 1])  # the table apply_rotary takes
 
         # Full-attention blocks see whole frames: one sequence per (item, frame).
@@ -230,5 +250,5 @@ class Qwen2_5_VisionTransformer(nn.Layer):
             else:
                 hidden_states = block(hidden_states, cu_seqlens, cos, sin_signed, self.attn_implementation)
 
-        merged = self.merger(hidden_states)  # [N / 4, out_hidden]
+        merged = self.merger(hidden_states)  # [M, out_hidden_size], in window order
         return paddle.gather(merged, paddle.to_tensor(np.argsort(order)))

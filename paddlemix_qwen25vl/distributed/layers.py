@@ -8,6 +8,11 @@ Each block declares ``tp_split_axes``: which axis of each of its parameters (in 
 layout, Linear weights ``[in, out]``) is split across ranks. :func:`split_axes` collects
 them for a whole model; checkpoint loading, saving and merging read the split from there
 and from nowhere else.
+
+Dimensions:
+    ...: any leading axes ([B, L] in the decoder)     mp: tensor-parallel degree
+    in, out: a Linear's input / output features (weights are ``[in, out]``)
+    V: vocabulary size     C: hidden size
 """
 
 from __future__ import annotations
@@ -120,13 +125,13 @@ class VocabParallelEmbedding(nn.Embedding):
         local = input_ids - self.vocab_start
         outside = paddle.logical_or(local < 0, local >= self.weight.shape[0])
         embeds = F.embedding(paddle.where(outside, paddle.zeros_like(local), local), self.weight)
-        embeds = paddle.where(outside.unsqueeze(-1), paddle.zeros_like(embeds), embeds)  # [B, L, C]
+        embeds = paddle.where(outside.unsqueeze(-1), paddle.zeros_like(embeds), embeds)  # [..., C]
         return reduce_from_ranks(embeds, self.mp)
 
 
 class TiedLMHead(nn.Layer):
     """Output projection sharing the token embedding matrix (3B): logits for this rank's
-    vocabulary rows, gathered over ranks into ``[..., vocab]``."""
+    vocabulary rows, gathered over ranks into ``[..., V]``."""
 
     def __init__(self, embedding: VocabParallelEmbedding) -> None:
         super().__init__()

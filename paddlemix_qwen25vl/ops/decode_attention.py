@@ -4,6 +4,9 @@ The eager math of a decode step (reshape, transposes of the whole cache, two mat
 softmax) is a dozen Paddle ops per layer, and between the weight GEMVs each of them runs
 with cold caches. ``qwen25vl_decode_attention`` reads the cache in place instead, in a
 fraction of the time (benchmarks/README.md, "Why the code is the way it is").
+
+Dimensions:
+    B: batch rows     L: cached keys     H: query heads     KVH: kv heads     D: head dim
 """
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ from .loader import get_ops
 
 __all__ = ["decode_attention", "decode_attention_applies"]
 
-HEAD_DIMS = (16, 32, 64, 128)  # the kernel's register-blocked widths
+HEAD_DIMS = (16, 32, 64, 128)  # the kernel's register-blocked widths D
 
 
 def decode_attention_applies(q: paddle.Tensor) -> bool:
     """Whether :func:`decode_attention` runs ``q``: one float32 query per sequence on the CPU,
-    a supported head_dim, no gradient (the operator has no backward), and an ops build that
+    a supported D, no gradient (the operator has no backward), and an ops build that
     has the operator."""
     ops = get_ops()
     return (
