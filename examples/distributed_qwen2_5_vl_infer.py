@@ -60,6 +60,8 @@ def main() -> None:
             args.benchmark_json = None
         run(args, resolve_checkpoint(args.model_path))
     sys.stdout.flush()
+    if dist.is_initialized():
+        dist.barrier()  # leave together: a rank that is still in gloo when its peer exits can abort (SIGABRT)
 
 
 def resolve_checkpoint(model_path: Optional[str]) -> str:
