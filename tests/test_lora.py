@@ -32,7 +32,9 @@ def test_default_targets_are_the_decoder_projections():
 
 def test_lora_run_and_merge(tiny_checkpoint, processor, meta_path, tmp_path):
     out = str(tmp_path / "lora")
-    run_finetune(tiny_checkpoint, meta_path, out, "--max_steps", "8", "--lora", "--lora_rank", "8",
+    # alpha 32 (scaling 4): the setting these thresholds were measured at; the recipes' default
+    # (PaddleMIX's 256, scaling 32 at rank 8) at lr 2e-2 makes this 8-step run chaotic
+    run_finetune(tiny_checkpoint, meta_path, out, "--max_steps", "8", "--lora", "--lora_rank", "8", "--lora_alpha", "32",
                  "--lora_dropout", "0.0", "--freeze_vit", "--tune_mm_mlp", "--learning_rate", "2e-2")
     assert os.path.exists(os.path.join(out, "lora_config.json"))
     merged_path = str(tmp_path / "merged")
