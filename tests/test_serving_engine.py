@@ -1,0 +1,135 @@
+"""The serving engine: batched answers equal lone ``generate`` answers; requests join, leave, fail alone."""
+
+import time
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from paddlemix_qwen25vl.serving import Engine, QueueFull, SamplingParams
+
+QUESTIONS = ["Hi", "Describe this picture in a few words, please.", "What colour is it?", "Count to ten, slowly and clearly."]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint)
+
+
+def conversation(processor, question, image_side=None):
+    """The processor's inputs for one user turn, with an ``image_side`` square image when given."""
+    content = [{"type": "text", "text": question}]
+    images = None
+    if image_side:
+        pixels = np.random.default_rng(image_side).integers(0, 256, (image_side, image_side, 3), dtype=np.uint8)
+        images = [Image.fromarray(pixels)]
+        content.insert(0, {"type": "image"})
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return dict(processor(text=prompt, images=images))
+
+
+def requests(processor):
+    sides = [None, 56, 84, None]
+    return [conversation(processor, q, s) for q, s in zip(QUESTIONS, sides)]
+
+
+def lone_answer(model, inputs, max_new_tokens):
+    """``model.generate`` greedy on one request, without the eos token that ends it."""
+    eos = list(model.generation_config.eos_token_id)
+    tokens, _ = model.generate(**inputs, max_new_tokens=max_new_tokens, decode_strategy="greedy_search",
+                               repetition_penalty=1.0, min_new_tokens=0, eos_token_id=eos)
+    tokens = tokens[0].tolist()
+    return tokens[:-1] if tokens[-1] in eos else tokens
+
+
+@pytest.fixture
+def engine(model):
+    engine = Engine(model, max_batch_size=4, max_queue=8)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def test_batched_greedy_equals_lone_generate(model, processor, engine):
+    inputs = requests(processor)
+    budgets = [12, 20, 7, 16]
+    lone = [lone_answer(model, x, n) for x, n in zip(inputs, budgets)]
+    submitted = [engine.submit(x, SamplingParams(max_new_tokens=n)) for x, n in zip(inputs, budgets)]
+    answers = [list(r.tokens()) for r in submitted]
+    assert answers == lone
+    for request, answer, budget in zip(submitted, answers, budgets):
+        assert request.finish_reason == ("length" if len(answer) == budget else "stop")
+        assert request.prompt_tokens > 0
+
+
+def test_join_mid_decode_and_async(model, processor, engine):
+    import asyncio
+
+    first, late = requests(processor)[1], requests(processor)[2]
+    running = engine.submit(first, SamplingParams(max_new_tokens=24))
+    stream = running.tokens()
+    head = [next(stream) for _ in range(3)]  # decoding has started
+
+    async def read_late():
+        request = engine.submit(late, SamplingParams(max_new_tokens=10))
+        return [t async for t in request.atokens()]
+
+    assert asyncio.run(read_late()) == lone_answer(model, late, 10)
+    assert head + list(stream) == lone_answer(model, first, 24)
+
+
+def test_cancel_frees_the_slot(processor, engine):
+    request = engine.submit(requests(processor)[0], SamplingParams(max_new_tokens=2000))
+    stream = request.tokens()
+    next(stream)
+    request.cancel()
+    list(stream)
+    assert request.finish_reason == "cancelled"
+    deadline = time.time() + 10
+    while engine.stats()["active"] and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.stats()["active"] == 0
+
+
+def test_queue_full(model, processor):
+    engine = Engine(model, max_batch_size=2, max_queue=2)  # not started: nothing leaves the queue
+    inputs = requests(processor)[0]
+    waiting = [engine.submit(inputs, SamplingParams(max_new_tokens=3)) for _ in range(2)]
+    with pytest.raises(QueueFull):
+        engine.submit(inputs, SamplingParams(max_new_tokens=3))
+    engine.start()
+    try:
+        assert [len(list(r.tokens())) > 0 for r in waiting] == [True, True]
+    finally:
+        engine.stop()
+
+
+def test_errors_finish_only_their_request(model, processor, engine):
+    good = requests(processor)[3]
+    too_long = engine.submit(good, SamplingParams(max_new_tokens=10 ** 6))
+    broken = dict(requests(processor)[1])
+    broken.pop("image_grid_thw")  # pixels without their grid
+    no_grid = engine.submit(broken, SamplingParams(max_new_tokens=4))
+    fine = engine.submit(good, SamplingParams(max_new_tokens=6))
+    assert list(too_long.tokens()) == [] and too_long.finish_reason == "error"
+    assert "exceeds" in str(too_long.error)
+    assert list(no_grid.tokens()) == [] and no_grid.finish_reason == "error"
+    assert "image_grid_thw" in str(no_grid.error)
+    assert list(fine.tokens()) == lone_answer(model, good, 6)
+    with pytest.raises(ValueError, match="input_ids of shape"):
+        engine.submit({"input_ids": paddle.ones([2, 3], dtype="int64")}, SamplingParams(max_new_tokens=2))
+
+
+def test_seeded_sampling_is_reproducible(processor, engine):
+    inputs = requests(processor)
+    params = SamplingParams(max_new_tokens=12, temperature=1.5, top_p=0.95, seed=7)
+    alone = list(engine.submit(inputs[0], params).tokens())
+    crowd = [engine.submit(x, SamplingParams(max_new_tokens=12, temperature=1.0, seed=i)) for i, x in enumerate(inputs[1:])]
+    batched = engine.submit(inputs[0], params)
+    assert list(batched.tokens()) == alone
+    for request in crowd:
+        list(request.tokens())
+    other = list(engine.submit(inputs[0], SamplingParams(max_new_tokens=12, temperature=1.5, top_p=0.95, seed=8)).tokens())
+    assert other != alone
