@@ -1,0 +1,153 @@
+"""Weight-only bfloat16 / int8 / int4 weights for CPU inference: formats, (de)quantisation and
+the linear / embedding products that read them.
+
+Every weight is stored OUTPUT-MAJOR, ``[N, K]`` (row n = output feature n's weights, contiguous
+over the input): a Paddle ``nn.Linear`` weight ``[K, N]`` is transposed once when quantised.
+
+* ``bfloat16``: ``qweight`` bfloat16 ``[N, K]``, no scales.
+* ``weight_only_int8``: symmetric per output channel, ``s = max|w_n| / 127``
+  (1 for an all-zero row), ``q = round(w / s)``; ``qweight`` int8 ``[N, K]``, ``scales`` float32 ``[N]``.
+* ``weight_only_int4``: symmetric per group of ``INT4_GROUP`` inputs (the last group may be
+  shorter), ``s = max|w_group| / 7`` (1 where zero), ``q = clip(round(w / s), -8, 7)``; two per
+  byte, element 2j in the low nibble and 2j+1 in the high one, each stored as ``q + 8``:
+  ``qweight`` uint8 ``[N, K / 2]`` (K even), ``scales`` float32 ``[N, G]``.
+
+``round`` rounds halves away from zero (``paddle.round``).
+
+:func:`weight_only_linear` and :func:`weight_only_embedding` run the compiled CPU kernels when
+they are built (:func:`weight_only_ops_available`) and otherwise a pure-paddle fallback
+(dequantise, then matmul / gather) that agrees up to float32 rounding.
+
+Dimensions:
+    M: rows of activations (batch x tokens)   K: input features   N: output features
+    G: int4 groups per row, ceil(K / INT4_GROUP)
+"""
+from __future__ import annotations
+
+import paddle
+
+from .loader import get_ops
+
+__all__ = [
+    "INT4_GROUP",
+    "WEIGHT_KINDS",
+    "dequantize_weight",
+    "quantize_weight",
+    "weight_only_embedding",
+    "weight_only_linear",
+    "weight_only_ops_available",
+]
+
+WEIGHT_KINDS = ("bfloat16", "weight_only_int8", "weight_only_int4")
+INT4_GROUP = 128  # inputs sharing one int4 scale
+INT8_MAX, INT4_MAX, INT4_MIN = 127, 7, -8
+INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in WEIGHT_KINDS:
+        raise ValueError(f"weight kind {kind!r} is not one of {', '.join(WEIGHT_KINDS)}")
+
+
+def _symmetric_scales(absmax: paddle.Tensor, qmax: int) -> paddle.Tensor:
+    """``absmax / qmax``, 1 where absmax is 0 (an all-zero row or group quantises to zeros)."""
+    return paddle.where(absmax > 0, absmax / qmax, paddle.ones_like(absmax))
+
+
+def _grouped(weight: paddle.Tensor) -> paddle.Tensor:
+    """[N, K] -> [N, G, INT4_GROUP], zero-padded: padding changes no group's max."""
+    n, k = weight.shape
+    groups = -(-k // INT4_GROUP)
+    padded = paddle.nn.functional.pad(weight, [0, groups * INT4_GROUP - k]) if k % INT4_GROUP else weight
+    return padded.reshape([n, groups, INT4_GROUP])
+
+
+def quantize_weight(weight: paddle.Tensor, kind: str) -> tuple[paddle.Tensor, paddle.Tensor | None]:
+    """Quantise an output-major weight ``[N, K]`` (any float dtype) to ``kind``:
+    ``(qweight, scales)``, scales None for bfloat16 (formats in the module docstring)."""
+    _check_kind(kind)
+    if weight.ndim != 2:
+        raise ValueError(f"quantize_weight expects an output-major [out, in] weight, got shape {list(weight.shape)}")
+    if kind == "bfloat16":
+        return weight.astype(paddle.bfloat16), None
+    w = weight.astype(paddle.float32)
+    if kind == "weight_only_int8":
+        scales = _symmetric_scales(w.abs().max(axis=1), INT8_MAX)
+        return paddle.round(w / scales.unsqueeze(1)).astype(paddle.int8), scales
+    n, k = w.shape
+    if k % 2:
+        raise ValueError(f"weight_only_int4 packs two inputs per byte: in = {k} must be even (weight shape {[n, k]})")
+    grouped = _grouped(w)  # [N, G, 128]
+    scales = _symmetric_scales(grouped.abs().max(axis=2), INT4_MAX)  # [N, G]
+    q = paddle.clip(paddle.round(grouped / scales.unsqueeze(2)), INT4_MIN, INT4_MAX)
+    nibbles = (q.reshape([n, -1])[:, :k] + INT4_OFFSET).astype(paddle.int32).reshape([n, k // 2, 2])
+    packed = nibbles[:, :, 0] + nibbles[:, :, 1] * 16  # element 2j low, 2j+1 high
+    return packed.astype(paddle.uint8), scales
+
+
+def _check_quantized(qweight: paddle.Tensor, scales: paddle.Tensor | None, kind: str) -> None:
+    _check_kind(kind)
+    expected = {"bfloat16": paddle.bfloat16, "weight_only_int8": paddle.int8, "weight_only_int4": paddle.uint8}[kind]
+    if qweight.ndim != 2 or qweight.dtype != expected:
+        raise ValueError(f"{kind} qweight must be 2-D {expected}, got {qweight.dtype} of shape {list(qweight.shape)}")
+    n, packed_k = qweight.shape
+    want = {"bfloat16": None, "weight_only_int8": [n], "weight_only_int4": [n, -(-2 * packed_k // INT4_GROUP)]}[kind]
+    got = None if scales is None else list(scales.shape)
+    if got != want or (scales is not None and scales.dtype != paddle.float32):
+        raise ValueError(f"{kind} scales must be {'None' if want is None else f'float32 {want}'} for qweight "
+                         f"{list(qweight.shape)}, got {got if scales is None else f'{scales.dtype} {got}'}")
+
+
+def _dequantize_rows(qweight: paddle.Tensor, scales: paddle.Tensor | None, kind: str) -> paddle.Tensor:
+    """Float32 weights of the (already checked) quantised rows."""
+    if kind == "bfloat16":
+        return qweight.astype(paddle.float32)
+    if kind == "weight_only_int8":
+        return qweight.astype(paddle.float32) * scales.unsqueeze(-1)
+    rows, packed_k = qweight.shape
+    byte = qweight.astype(paddle.int32)
+    q = paddle.stack([byte % 16, byte // 16], axis=-1).reshape([rows, 2 * packed_k]).astype(paddle.float32)
+    return (q - INT4_OFFSET) * paddle.repeat_interleave(scales, INT4_GROUP, axis=1)[:, : 2 * packed_k]
+
+
+def dequantize_weight(qweight: paddle.Tensor, scales: paddle.Tensor | None, kind: str) -> paddle.Tensor:
+    """The float32 output-major weight ``[N, K]`` that ``(qweight, scales)`` of ``kind`` stand for."""
+    _check_quantized(qweight, scales, kind)
+    return _dequantize_rows(qweight, scales, kind)
+
+
+def in_features(qweight: paddle.Tensor, kind: str) -> int:
+    """K of a quantised weight (int4 stores two inputs per byte)."""
+    return qweight.shape[1] * (2 if kind == "weight_only_int4" else 1)
+
+
+def weight_only_ops_available() -> bool:
+    """Whether the compiled weight-only CPU kernels are loaded in this process."""
+    ops = get_ops()
+    return ops is not None and hasattr(ops, "qwen25vl_weight_only_linear")
+
+
+def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
+                       bias: paddle.Tensor | None, kind: str) -> paddle.Tensor:
+    """``x @ W^T + bias`` for float32 x ``[..., K]`` and the quantised W ``[N, K]``: ``[..., N]`` float32."""
+    _check_quantized(qweight, scales, kind)
+    k = in_features(qweight, kind)
+    if x.shape[-1] != k or x.dtype != paddle.float32:
+        raise ValueError(f"weight_only_linear: x must be float32 [..., {k}] for weight {list(qweight.shape)} "
+                         f"({kind}), got {x.dtype} {list(x.shape)}")
+    if bias is not None and (list(bias.shape) != [qweight.shape[0]] or bias.dtype != paddle.float32):
+        raise ValueError(f"weight_only_linear: bias must be float32 [{qweight.shape[0]}], got {bias.dtype} {list(bias.shape)}")
+    out = paddle.matmul(x, _dequantize_rows(qweight, scales, kind), transpose_y=True)
+    return out if bias is None else out + bias
+
+
+def weight_only_embedding(ids: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
+                          kind: str) -> paddle.Tensor:
+    """Rows ``ids`` (int64 ``[...]``) of the quantised table ``[V, C]``, dequantised: ``[..., C]`` float32."""
+    _check_quantized(qweight, scales, kind)
+    if ids.dtype != paddle.int64:
+        raise ValueError(f"weight_only_embedding: ids must be int64, got {ids.dtype}")
+    flat = ids.reshape([-1])
+    rows = paddle.gather(qweight, flat)
+    row_scales = None if scales is None else paddle.gather(scales, flat)
+    return _dequantize_rows(rows, row_scales, kind).reshape([*ids.shape, in_features(qweight, kind)])

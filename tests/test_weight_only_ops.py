@@ -1,0 +1,115 @@
+"""Weight-only bfloat16 / int8 / int4 weights: the formats against a numpy reference of their
+formulas, and the linear / embedding products against float64 numpy."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix_qwen25vl.ops.weight_only import (
+    INT4_GROUP,
+    WEIGHT_KINDS,
+    dequantize_weight,
+    quantize_weight,
+    weight_only_embedding,
+    weight_only_linear,
+)
+
+QUANT_KINDS = ("weight_only_int8", "weight_only_int4")
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def _reference_quantize(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(q as int, scales) by the formulas of the interface, in float32 like the code."""
+    n, k = w.shape
+    if kind == "weight_only_int8":
+        absmax = np.abs(w).max(axis=1)
+        s = np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+        return _round_half_away(w / s[:, None]).astype(np.int64), s
+    groups = -(-k // INT4_GROUP)
+    s = np.empty((n, groups), np.float32)
+    q = np.empty((n, k), np.int64)
+    for g in range(groups):
+        block = w[:, g * INT4_GROUP:(g + 1) * INT4_GROUP]
+        absmax = np.abs(block).max(axis=1)
+        s[:, g] = np.where(absmax > 0, absmax / np.float32(7), np.float32(1))
+        q[:, g * INT4_GROUP:(g + 1) * INT4_GROUP] = np.clip(_round_half_away(block / s[:, g:g + 1]), -8, 7)
+    return q, s
+
+
+def _reference_dequantize(q: np.ndarray, s: np.ndarray, kind: str) -> np.ndarray:
+    """q * s, exact in float64 and then rounded once to float32 (what a float32 product gives)."""
+    s64 = s[:, None].astype(np.float64) if kind == "weight_only_int8" else np.repeat(s.astype(np.float64), INT4_GROUP, axis=1)[:, : q.shape[1]]
+    return (q * s64).astype(np.float32)
+
+
+def _weight(n: int, k: int, seed: int = 0) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * 0.05
+    w[1] = 0.0  # an all-zero row: scale 1, zeros back
+    return w
+
+
+@pytest.mark.parametrize("kind", QUANT_KINDS)
+@pytest.mark.parametrize("n, k", [(5, 300), (3, 128), (7, 34)])
+def test_quantize_matches_the_formulas(kind, n, k):
+    w = _weight(n, k)
+    qweight, scales = quantize_weight(paddle.to_tensor(w), kind)
+    q, s = _reference_quantize(w, kind)
+    np.testing.assert_array_equal(scales.numpy(), s)
+    if kind == "weight_only_int8":
+        assert qweight.dtype == paddle.int8 and qweight.shape == [n, k]
+        np.testing.assert_array_equal(qweight.numpy().astype(np.int64), q)
+    else:
+        assert qweight.dtype == paddle.uint8 and qweight.shape == [n, k // 2]
+        packed = qweight.numpy().astype(np.int64)
+        np.testing.assert_array_equal(packed & 15, q[:, 0::2] + 8)  # element 2j: low nibble
+        np.testing.assert_array_equal(packed >> 4, q[:, 1::2] + 8)
+    np.testing.assert_array_equal(dequantize_weight(qweight, scales, kind).numpy(), _reference_dequantize(q, s, kind))
+    # Half a step of the scale at most: the quantisation error the formats promise.
+    error = np.abs(dequantize_weight(qweight, scales, kind).numpy() - w)
+    step = s[:, None] if kind == "weight_only_int8" else np.repeat(s, INT4_GROUP, axis=1)[:, :k]
+    assert np.all(error <= 0.5 * step * (1 + 1e-6))
+
+
+def test_bfloat16_is_a_cast():
+    w = _weight(4, 10)
+    qweight, scales = quantize_weight(paddle.to_tensor(w), "bfloat16")
+    assert scales is None and qweight.dtype == paddle.bfloat16
+    bits = w.view(np.uint32)
+    # round to nearest even on the upper 16 bits
+    want = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+    np.testing.assert_array_equal(dequantize_weight(qweight, None, "bfloat16").numpy(), want)
+
+
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_linear_and_embedding_fallback(kind, m):
+    n, k = 37, 300
+    rng = np.random.default_rng(1)
+    w = _weight(n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    qweight, scales = quantize_weight(paddle.to_tensor(w), kind)
+    w_hat = dequantize_weight(qweight, scales, kind).numpy().astype(np.float64)
+    got = weight_only_linear(paddle.to_tensor(x).reshape([1, m, k]), qweight, scales, paddle.to_tensor(bias), kind)
+    assert got.shape == [1, m, n]
+    np.testing.assert_allclose(got.numpy()[0], x.astype(np.float64) @ w_hat.T + bias, atol=2e-5, rtol=1e-5)
+    ids = np.array([[0, 36, 1], [5, 5, 2]], np.int64)
+    rows = weight_only_embedding(paddle.to_tensor(ids), qweight, scales, kind)
+    np.testing.assert_array_equal(rows.numpy(), w_hat[ids].astype(np.float32))
+
+
+def test_bad_inputs_name_the_problem():
+    w = paddle.to_tensor(_weight(4, 256))
+    with pytest.raises(ValueError, match="is not one of"):
+        quantize_weight(w, "int3")
+    with pytest.raises(ValueError, match="in = 255 must be even"):
+        quantize_weight(w[:, :255], "weight_only_int4")
+    qweight, scales = quantize_weight(w, "weight_only_int4")
+    with pytest.raises(ValueError, match=r"scales must be float32 \[4, 2\]"):
+        dequantize_weight(qweight, scales[:, :1], "weight_only_int4")
+    with pytest.raises(ValueError, match=r"x must be float32 \[\.\.\., 256\]"):
+        weight_only_linear(paddle.zeros([2, 128]), qweight, scales, None, "weight_only_int4")
