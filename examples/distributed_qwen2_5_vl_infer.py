@@ -28,6 +28,7 @@ from paddlemix_qwen25vl.cli import answer, build_parser
 from paddlemix_qwen25vl.demo import DEMO_IMAGE, resolve_model_or_demo
 from paddlemix_qwen25vl.distributed import check_tensor_parallel_config, is_main_process
 from paddlemix_qwen25vl.loading import resolve_model_path
+from paddlemix_qwen25vl.quantization import resolve_weight_kind
 from paddlemix_qwen25vl.runtime import set_device
 
 
@@ -75,12 +76,15 @@ def resolve_checkpoint(model_path: Optional[str]) -> str:
 
 def run(args: argparse.Namespace, path: str) -> None:
     """Load this rank's share of the model and answer the question about ``--image_file``."""
-    try:  # a wrong degree fails here, before any weight is read
-        check_tensor_parallel_config(Qwen2_5_VLConfig.from_pretrained(path), args.mp_degree)
+    try:  # a wrong degree (or a quant_type under tensor parallelism) fails here, before any weight is read
+        config = Qwen2_5_VLConfig.from_pretrained(path)
+        check_tensor_parallel_config(config, args.mp_degree)
+        resolve_weight_kind(args.quant_type, None, config, args.mp_degree)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=args.dtype, attn_implementation=args.attn_implementation, mp_degree=args.mp_degree
+        path, dtype=args.dtype, attn_implementation=args.attn_implementation, mp_degree=args.mp_degree,
+        quant_type=args.quant_type,
     )
     processor = Qwen2_5_VLProcessor.from_pretrained(path, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     paddle.seed(args.seed)  # the same sampled tokens on every rank

@@ -17,7 +17,17 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import paddle
 
-__all__ = ["SafetensorsFile", "write_safetensors", "to_float32", "read_pdparams", "tensor_to_numpy", "dtype_itemsize", "CheckpointError"]
+__all__ = [
+    "SafetensorsFile",
+    "write_safetensors",
+    "to_float32",
+    "to_paddle",
+    "read_pdparams",
+    "tensor_to_numpy",
+    "dtype_itemsize",
+    "safetensors_dtype",
+    "CheckpointError",
+]
 
 
 class CheckpointError(ValueError):
@@ -47,6 +57,15 @@ def to_float32(array: np.ndarray, dtype_name: str) -> np.ndarray:
     if dtype_name == "BF16":
         return (np.asarray(array, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
     return np.asarray(array, dtype=np.float32)
+
+
+def to_paddle(array: np.ndarray, dtype_name: str, dtype: paddle.dtype) -> paddle.Tensor:
+    """A paddle tensor of ``dtype`` holding a stored tensor: bfloat16 words become a bfloat16
+    tensor as they are (no float32 copy), other dtypes are widened to float32 and cast."""
+    if dtype_name == "BF16" and dtype == paddle.bfloat16:
+        return paddle.to_tensor(np.ascontiguousarray(array, dtype=np.uint16)).view(paddle.bfloat16)
+    value = paddle.to_tensor(np.ascontiguousarray(to_float32(array, dtype_name)))
+    return value if dtype == paddle.float32 else value.astype(dtype)
 
 
 class SafetensorsFile:
@@ -139,6 +158,14 @@ def write_safetensors(
 def dtype_itemsize(dtype_name: str) -> int:
     """Bytes per element of a safetensors dtype name."""
     return np.dtype(_DTYPES[dtype_name]).itemsize
+
+
+_PADDLE_NAMES = {paddle.float32: "F32", paddle.bfloat16: "BF16", paddle.float16: "F16", paddle.int8: "I8", paddle.uint8: "U8"}
+
+
+def safetensors_dtype(dtype: paddle.dtype) -> str:
+    """The safetensors dtype name a paddle tensor of ``dtype`` is saved as."""
+    return _PADDLE_NAMES[dtype]
 
 
 def tensor_to_numpy(tensor: paddle.Tensor) -> Tuple[np.ndarray, str]:

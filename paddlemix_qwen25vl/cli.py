@@ -1,8 +1,8 @@
 """What the inference scripts in ``examples/`` share: flags, model loading, generation, benchmark.
 
 Flags follow PaddleMIX (``--model_path --question --image_file/--video_file --top_p
---temperature --max_new_tokens --dtype --benchmark --attn_implementation``) plus
-``--decode_strategy``, ``--device`` and ``--stream``.
+--temperature --max_new_tokens --dtype --benchmark --attn_implementation``) and PaddleNLP
+(``--quant_type``), plus ``--decode_strategy``, ``--device`` and ``--stream``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import paddle
 from .demo import DEMO_IMAGE, DEMO_QUESTION, resolve_model_or_demo
 from .modeling import Qwen2_5_VLForConditionalGeneration
 from .processing import Qwen2_5_VLProcessor, process_vision_info
+from .quantization import QUANT_TYPES, weight_kind
 from .runtime import DTYPES, on_gpu, set_device
 
 __all__ = ["build_parser", "load", "answer", "single_image_main"]
@@ -31,7 +32,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=0.01)
     parser.add_argument("--temperature", type=float, default=0.01)
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="bfloat16 and float16 fall back to float32 on CPU")
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES,
+                        help="on CPU bfloat16 keeps the weights in bfloat16 and computes in float32; float16 falls back to float32 there")
+    parser.add_argument("--quant_type", default=None, choices=QUANT_TYPES,
+                        help="weight-only int8 (per channel) or int4 (groups of 128) weights, quantised while loading")
     parser.add_argument("--attn_implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
     parser.add_argument("--decode_strategy", default="greedy_search", choices=["greedy_search", "sampling"])
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
@@ -51,7 +55,7 @@ def load(args: argparse.Namespace) -> Tuple[Qwen2_5_VLForConditionalGeneration, 
         raise SystemExit(str(err)) from None
     path = resolve_model_or_demo(args.model_path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=args.dtype, attn_implementation=args.attn_implementation
+        path, dtype=args.dtype, attn_implementation=args.attn_implementation, quant_type=args.quant_type
     )
     processor = Qwen2_5_VLProcessor.from_pretrained(path, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     return model, processor
@@ -153,7 +157,7 @@ def benchmark(model: Qwen2_5_VLForConditionalGeneration, inputs: Dict[str, Any],
         "decode_tokens_per_second": round((generated - 1) * batch / decode_time, 3) if generated > 1 else None,
         "total_seconds": round(total, 4),
         "device": paddle.get_device(),
-        "dtype": str(model.model.embed_tokens.weight.dtype).replace("paddle.", ""),
+        "dtype": weight_kind(model),
         **{k: round(v, 4) for k, v in _peak_memory().items()},
     }
 

@@ -46,8 +46,10 @@ from .checkpoint_io import (
     SafetensorsFile,
     dtype_itemsize,
     read_pdparams,
+    safetensors_dtype,
     tensor_to_numpy,
     to_float32,
+    to_paddle,
     write_safetensors,
 )
 
@@ -55,6 +57,12 @@ __all__ = [
     "resolve_model_path",
     "load_weights",
     "read_checkpoint",
+    "Target",
+    "Saved",
+    "parameter_target",
+    "parameter_saved",
+    "checkpoint_targets",
+    "checkpoint_tensors",
     "TensorSlicing",
     "save_weights",
     "write_sharded",
@@ -358,24 +366,81 @@ def _c_contiguous(array: np.ndarray, block: int = 256) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where one checkpoint tensor goes when loaded: its Paddle-layout ``shape`` and ``take``,
+    called with the stored array (Paddle layout, possibly a view of a memory map valid only
+    during the call) and its safetensors dtype name."""
+
+    shape: Tuple[int, ...]
+    take: Callable[[np.ndarray, str], None]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor to save: its shape, safetensors dtype name and ``produce()``, which gives the
+    host array (bfloat16 as uint16 words) just before it is written."""
+
+    shape: Tuple[int, ...]
+    dtype_name: str
+    produce: Callable[[], np.ndarray]
+
+
+def parameter_target(param: paddle.Tensor) -> Target:
+    """Load into ``param``: converted to its dtype (and made contiguous), then assigned."""
+
+    def take(value: np.ndarray, dtype_name: str) -> None:
+        if param.dtype == paddle.float32:  # straight from the (mapped) array: no intermediate tensor
+            param.set_value(_c_contiguous(to_float32(value, dtype_name)))
+        else:
+            param.set_value(to_paddle(_c_contiguous(value), dtype_name, param.dtype))
+
+    return Target(tuple(param.shape), take)
+
+
+def parameter_saved(param: paddle.Tensor) -> Saved:
+    """Save ``param`` as it is."""
+    return Saved(tuple(param.shape), safetensors_dtype(param.dtype), lambda: tensor_to_numpy(param)[0])
+
+
+def _per_layer(model: nn.Layer, method: str, default: Callable[[paddle.Tensor], object]) -> Dict[str, object]:
+    """``{name: default(parameter)}`` over every layer's own parameters, except that a layer with
+    a ``method`` (the weight-only layers of :mod:`.quantization`) names its own tensors instead."""
+    entries: Dict[str, object] = {}
+    for prefix, layer in model.named_sublayers(include_self=True):
+        own = getattr(layer, method)() if hasattr(layer, method) else {
+            name: default(param) for name, param in layer.named_parameters(include_sublayers=False)
+        }
+        entries.update({f"{prefix}.{name}" if prefix else name: entry for name, entry in own.items()})
+    return entries
+
+
+def checkpoint_targets(model: nn.Layer) -> Dict[str, Target]:
+    """Every tensor ``model`` loads, by checkpoint name: its parameters, and what each layer with a
+    ``checkpoint_targets()`` method declares (a weight-only layer takes a float weight and quantises it)."""
+    return _per_layer(model, "checkpoint_targets", parameter_target)
+
+
+def checkpoint_tensors(model: nn.Layer) -> Dict[str, Saved]:
+    """Every tensor ``model`` saves, by checkpoint name (layers may declare theirs with ``checkpoint_tensors()``)."""
+    return _per_layer(model, "checkpoint_tensors", parameter_saved)
+
+
 def load_weights(
     model: nn.Layer, path: str, ignore_keys: Tuple[str, ...] = (), slicing: TensorSlicing = TensorSlicing()
 ) -> None:
-    """Stream every weight file of checkpoint directory ``path`` into ``model``'s parameters.
+    """Stream every weight file of checkpoint directory ``path`` into ``model``.
 
-    Tensors are read (only this rank's slice under ``slicing``), converted to the parameter's
-    dtype (and transposed for torch Linear weights) and assigned one at a time. Any missing,
-    unexpected or mis-shaped key raises a :class:`CheckpointError` listing them, so no parameter
-    is left unset (a model from ``build`` has none allocated before). ``ignore_keys`` are
-    checkpoint keys to skip silently.
+    Tensors are read (only this rank's slice under ``slicing``), transposed for torch Linear
+    weights and handed one at a time to their :func:`checkpoint_targets` (a parameter converts
+    to its dtype; a weight-only layer quantises). Any missing, unexpected or mis-shaped key
+    raises a :class:`CheckpointError` listing them, so no parameter is left unset (a model from
+    ``build`` has none allocated before). ``ignore_keys`` are checkpoint keys to skip silently.
     """
-    params = dict(model.named_parameters())
-    shapes = {name: tuple(param.shape) for name, param in params.items()}
+    targets = checkpoint_targets(model)
+    shapes = {name: target.shape for name, target in targets.items()}
     for name, value, dtype_name in read_checkpoint(path, shapes, slicing, ignore_keys):
-        param = params[name]
-        value = _c_contiguous(to_float32(value, dtype_name))
-        # float32 goes straight from the (mapped) array into the parameter: no intermediate tensor.
-        param.set_value(value if param.dtype == paddle.float32 else paddle.to_tensor(value).astype(param.dtype))
+        targets[name].take(value, dtype_name)
         del value
 
 
@@ -410,9 +475,8 @@ def write_sharded(
 
 
 def save_weights(model: nn.Layer, path: str, max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Write ``model``'s parameters as a Paddle-layout safetensors checkpoint, one tensor on the host at a time."""
+    """Write ``model``'s :func:`checkpoint_tensors` as a Paddle-layout safetensors checkpoint, one tensor on the host at a time."""
     os.makedirs(path, exist_ok=True)
-    params = dict(model.named_parameters())
-    dtype_names = {paddle.float32: "F32", paddle.bfloat16: "BF16", paddle.float16: "F16"}
-    layout = {name: (tuple(p.shape), dtype_names[p.dtype]) for name, p in params.items()}
-    write_sharded(path, layout, lambda name: tensor_to_numpy(params[name])[0], max_shard_bytes)
+    tensors = checkpoint_tensors(model)
+    layout = {name: (saved.shape, saved.dtype_name) for name, saved in tensors.items()}
+    write_sharded(path, layout, lambda name: tensors[name].produce(), max_shard_bytes)

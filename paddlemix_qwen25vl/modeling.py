@@ -29,8 +29,9 @@ from .distributed.context import SINGLE, ParallelContext, check_tensor_parallel_
 from .distributed.layers import ColumnParallelLinear, TiedLMHead
 from .generation import generate
 from .loading import resolve_model_path, save_weights
+from .quantization import quantize_model, resolve_weight_kind, saved_quant_type
 from .rope import rope_index, rope_index_options
-from .runtime import prepare_cpu, resolve_dtype
+from .runtime import prepare_cpu, resolve_precision
 from .text import Qwen2_5_VLTextModel
 from .vision import Qwen2_5_VisionTransformer
 
@@ -310,6 +311,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         dtype: Optional[str] = None,
         attn_implementation: Optional[str] = None,
         config: Optional[Qwen2_5_VLConfig] = None,
+        quant_type: Optional[str] = None,
         mp_degree: int = 1,
         tensor_parallel_degree: Optional[int] = None,
         tensor_parallel_rank: Optional[int] = None,
@@ -319,7 +321,11 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         """Load a checkpoint directory or hub id (HF or Paddle format, one file or sharded).
 
         ``dtype`` defaults to float32 on CPU and the checkpoint's dtype on GPU; weights are
-        converted while loading. The model is returned in eval mode.
+        converted while loading. On CPU ``dtype="bfloat16"`` keeps the Linear and embedding
+        weights in bfloat16 and computes in float32 (:func:`~paddlemix_qwen25vl.runtime.resolve_precision`).
+        ``quant_type`` (``"weight_only_int8"`` or ``"weight_only_int4"``, PaddleNLP's names) quantises
+        those weights tensor by tensor as they are read (:mod:`paddlemix_qwen25vl.quantization`);
+        a checkpoint saved quantised loads quantised without it. The model is returned in eval mode.
 
         ``mp_degree > 1`` loads a tensor-parallel rank: run one process per rank under
         ``python -m paddle.distributed.launch`` (gloo on CPU, NCCL on GPU). Each rank builds
@@ -344,7 +350,7 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if unknown:
             raise TypeError(
                 f"from_pretrained() got unknown keyword argument(s) {', '.join(unknown)}: they are neither loading "
-                "options (dtype, attn_implementation, config, mp_degree / tensor_parallel_degree, tensor_parallel_rank, "
+                "options (dtype, attn_implementation, config, quant_type, mp_degree / tensor_parallel_degree, tensor_parallel_rank, "
                 "tensor_parallel_output) nor fields of the model config"
             )
         for field, value in config_overrides.items():
@@ -353,11 +359,14 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
             config.attn_implementation = attn_implementation
         config._validate()
         check_tensor_parallel_config(config, mp_degree)
-        compute_dtype = resolve_dtype(dtype, getattr(config, "dtype", None))
+        precision = resolve_precision(dtype, getattr(config, "dtype", None))
+        weight_kind = resolve_weight_kind(quant_type, precision.weights, config, mp_degree)
         mp = init_tensor_parallel(mp_degree)
         if tensor_parallel_rank is not None and tensor_parallel_rank != mp.rank:
             raise ValueError(f"tensor_parallel_rank={tensor_parallel_rank}, but this process is tensor-parallel rank {mp.rank}")
-        model = cls.build(config, compute_dtype, mp)
+        model = cls.build(config, precision.compute, mp)
+        if weight_kind is not None:  # before loading: each weight is quantised as it is read
+            quantize_model(model, weight_kind, prequantized=saved_quant_type(config) is not None)
         load_model_weights(model, path)
         generation_file = os.path.join(path, "generation_config.json")
         if os.path.exists(generation_file):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import paddle
 
@@ -14,7 +14,8 @@ __all__ = [
     "prepare_cpu",
     "set_num_threads",
     "default_num_threads",
-    "resolve_dtype",
+    "resolve_precision",
+    "Precision",
     "set_device",
     "is_cuda_build",
     "has_gpu",
@@ -105,27 +106,38 @@ def set_device(device: Optional[str]) -> str:
     return name
 
 
-def resolve_dtype(requested: Optional[str], checkpoint_dtype: Optional[str] = None) -> str:
-    """The compute dtype for the current device: the one dtype policy of the library.
+class Precision(NamedTuple):
+    """What a model computes in and how its weight-only layers store their weights."""
+
+    compute: str  # activations, norms, biases, and every weight the weight-only layers do not hold
+    weights: Optional[str]  # "bfloat16": decoder/vision Linear weights and the embedding in bfloat16; None: in ``compute``
+
+
+def resolve_precision(requested: Optional[str], checkpoint_dtype: Optional[str] = None) -> Precision:
+    """The dtypes for the current device: the one dtype policy of the library.
 
     ``None`` means float32 on CPU and the checkpoint's dtype (bfloat16 for the released
-    weights) on GPU. Half precision on CPU falls back to float32 with a warning: Paddle has no
-    half-precision matmul kernels there, although ``paddle.amp.is_bfloat16_supported()`` says
-    otherwise (the float32 copy holds exactly the checkpoint's values). bfloat16 on a GPU
-    without it (compute capability < 8.0) falls back to float16 with a warning. Unknown names raise.
+    weights) on GPU. bfloat16 on CPU keeps the weights of the Linear layers and the embedding
+    in bfloat16 and computes in float32 (``Precision("float32", "bfloat16")``: Paddle has no
+    bfloat16 matmul kernels there, although ``paddle.amp.is_bfloat16_supported()`` says
+    otherwise; see :mod:`.quantization`). float16 on CPU falls back to float32 with a warning
+    (nothing reads float16 weights on CPU; the float32 copy holds exactly the checkpoint's
+    values). bfloat16 on a GPU without it (compute capability < 8.0) falls back to float16
+    with a warning. Unknown names raise.
     """
     if requested is None:
         if not on_gpu():
-            return "float32"
+            return Precision("float32", None)
         requested = checkpoint_dtype or "bfloat16"
     name = str(requested).replace("paddle.", "")
     name = _DTYPE_ALIASES.get(name, name)
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {requested!r}; use one of {', '.join(DTYPES)}")
-    if name != "float32" and not on_gpu():
-        logger.warning("%s has no CPU matmul kernels in Paddle: running in float32 instead", name)
-        return "float32"
+    if not on_gpu():
+        if name == "float16":
+            logger.warning("float16 has no CPU matmul kernels in Paddle: running in float32 instead")
+        return Precision("float32", "bfloat16" if name == "bfloat16" else None)
     if name == "bfloat16" and not paddle.amp.is_bfloat16_supported():
         logger.warning("this GPU has no bfloat16 support (needs compute capability >= 8.0): running in float16 instead")
-        return "float16"
-    return name
+        return Precision("float16", None)
+    return Precision(name, None)

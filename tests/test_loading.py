@@ -16,7 +16,7 @@ from paddlemix_qwen25vl import CheckpointError, Qwen2_5_VLConfig, Qwen2_5_VLForC
 from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile
 from paddlemix_qwen25vl.convert import convert_hf_to_paddle
 from paddlemix_qwen25vl.loading import is_linear_weight, resolve_model_path
-from paddlemix_qwen25vl.runtime import default_num_threads, resolve_dtype
+from paddlemix_qwen25vl.runtime import default_num_threads, resolve_precision
 
 from helpers.paths import REPO
 from helpers.reference import build_sample, pixels_for
@@ -238,12 +238,14 @@ def test_hub_ids(reference_checkpoint, tmp_path, monkeypatch):
 
 
 def test_dtype_and_threads(monkeypatch, caplog):
-    assert resolve_dtype(None) == "float32"
+    assert resolve_precision(None) == ("float32", None)
+    # the one policy, for the API and the scripts alike: bfloat16 weights, float32 compute on CPU
+    assert resolve_precision("bf16") == ("float32", "bfloat16")
     with caplog.at_level("WARNING", logger="paddlemix_qwen25vl.runtime"):
-        assert resolve_dtype("bf16") == "float32"  # the one policy, for the API and the scripts alike
-    assert "bfloat16 has no CPU matmul kernels" in caplog.text
+        assert resolve_precision("fp16") == ("float32", None)
+    assert "float16 has no CPU matmul kernels" in caplog.text
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
-        resolve_dtype("float8")
+        resolve_precision("float8")
     monkeypatch.setenv("PADDLEMIX_NUM_THREADS", "3")
     assert default_num_threads() == 3
     monkeypatch.delenv("PADDLEMIX_NUM_THREADS")
