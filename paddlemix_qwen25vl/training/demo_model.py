@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import shutil
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from tqdm.auto import tqdm
 
@@ -36,9 +36,10 @@ def init_checkpoint(output_dir: str, seed: int = 0) -> str:
     return output_dir
 
 
-def evaluate(model_path: str, annotation: str, limit: int = 0) -> Tuple[float, List[Dict[str, str]]]:
-    """Exact-match accuracy of greedy answers to the single-turn ``messages`` records of ``annotation``."""
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path)
+def evaluate(model_path: str, annotation: str, limit: int = 0, **load_options: Any) -> Tuple[float, List[Dict[str, str]]]:
+    """Exact-match accuracy of greedy answers to the single-turn ``messages`` records of ``annotation``
+    (``load_options``, e.g. ``quant_type``, go to ``from_pretrained``)."""
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, **load_options)
     processor = Qwen2_5_VLProcessor.from_pretrained(model_path)
     records = read_annotation(annotation)[: limit or None]
     root = os.path.dirname(os.path.abspath(annotation))
