@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -22,6 +23,7 @@ __all__ = [
     "process_logits",
     "apply_repetition_penalty",
     "choose_next_tokens",
+    "check_inputs",
     "top_k_top_p_filter",
     "DECODE_STRATEGIES",
 ]
@@ -67,21 +69,43 @@ def _log_sum(weights: paddle.Tensor) -> paddle.Tensor:
     return paddle.log(weights.astype("float64").sum(axis=-1, keepdim=True)).astype(weights.dtype)
 
 
-def choose_next_tokens(logits: paddle.Tensor, sample: bool) -> Tuple[paddle.Tensor, paddle.Tensor]:
+def _draw_on_host(weights: paddle.Tensor, generators: Sequence[np.random.Generator]) -> paddle.Tensor:
+    """One token per row of unnormalised ``weights [B, vocab]``, row b drawn with ``generators[b]``."""
+    rows = weights.numpy().astype(np.float64)
+    if len(generators) != rows.shape[0]:
+        raise ValueError(f"{len(generators)} generators for {rows.shape[0]} rows")
+    tokens = []
+    for row, generator in zip(rows, generators):
+        cumulative = np.cumsum(row)
+        tokens.append(min(int(np.searchsorted(cumulative, generator.random() * cumulative[-1], side="right")), row.size - 1))
+    return paddle.to_tensor(tokens, dtype="int64")
+
+
+def choose_next_tokens(logits: paddle.Tensor, sample: bool, generators: Optional[Sequence[np.random.Generator]] = None,
+                       log_probs: bool = True) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
     """The next token of each row of processed ``logits [B, vocab]`` and its log-probability.
 
-    Greedy takes the arg-max; sampling draws from softmax(logits). Returns ``(tokens [B],
-    log_probs [B, 1])``; the log-probability is the chosen logit minus the row's logsumexp.
+    Greedy takes the arg-max; sampling draws from softmax(logits), with Paddle's global
+    generator or, given ``generators`` (one numpy Generator per row), on the host: a seeded
+    row then draws the same tokens whatever batch it runs in. Returns ``(tokens [B],
+    log_probs [B, 1])``; the log-probability is the chosen logit minus the row's logsumexp
+    (None with ``log_probs=False``, which skips that vocabulary-wide sum).
     """
     if sample:
         best = logits.max(axis=-1, keepdim=True)  # [B, 1]
     else:
         tokens = paddle.argmax(logits, axis=-1)
+        if not log_probs:
+            return tokens, None
         best = paddle.take_along_axis(logits, tokens.unsqueeze(-1), axis=1)  # the row maximum
     shifted = logits - best  # <= 0: exp cannot overflow
     weights = paddle.exp(shifted)  # softmax up to the normaliser
-    if sample:  # multinomial normalises the weights itself
+    if sample and generators is not None:
+        tokens = _draw_on_host(weights, generators)
+    elif sample:  # multinomial normalises the weights itself
         tokens = paddle.multinomial(weights, num_samples=1).squeeze(-1)
+    if not log_probs:
+        return tokens, None
     chosen = paddle.take_along_axis(shifted, tokens.unsqueeze(-1), axis=1)
     return tokens, chosen - _log_sum(weights)
 
@@ -157,8 +181,9 @@ def process_logits(logits: paddle.Tensor, seen: paddle.Tensor, step: int, settin
     return logits
 
 
-def _check_inputs(model: Any, input_ids: paddle.Tensor, attention_mask: paddle.Tensor, settings: GenerationSettings,
-                  streamer: Any) -> None:
+def check_inputs(model: Any, input_ids: paddle.Tensor, attention_mask: paddle.Tensor, settings: GenerationSettings,
+                 streamer: Any = None) -> None:
+    """Raise ValueError when ``input_ids [B, L]`` cannot be generated from as ``settings`` ask."""
     batch, prompt_len = input_ids.shape
     limit = model.config.max_position_embeddings
     if prompt_len + settings.max_new_tokens > limit:
@@ -205,7 +230,7 @@ def generate(
     )
     if attention_mask is None:
         attention_mask = paddle.ones_like(input_ids)
-    _check_inputs(model, input_ids, attention_mask, settings, streamer)
+    check_inputs(model, input_ids, attention_mask, settings, streamer)
     if streamer is not None:
         streamer.put(input_ids)
     decoder = _Decoder(model, input_ids, attention_mask, settings, use_cache, model_inputs)

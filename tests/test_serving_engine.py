@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from paddlemix_qwen25vl.cache import BatchKVCache, KVCache
 from paddlemix_qwen25vl.serving import Engine, QueueFull, SamplingParams
 
 QUESTIONS = ["Hi", "Describe this picture in a few words, please.", "What colour is it?", "Count to ten, slowly and clearly."]
@@ -52,6 +53,56 @@ def engine(model):
     engine.stop()
 
 
+def test_batch_cache_rows_join_and_leave():
+    """Every row of a BatchKVCache reads back exactly its own keys and values through joins
+    (shorter and longer than the batch), decode steps, leaves and regrowth."""
+    rng = np.random.default_rng(0)
+    layers, shape = 2, (2, 4)  # KVH, D
+    cache, own = BatchKVCache(layers, max_rows=3), []  # own[slot][layer] = (keys, values) [L, KVH, D]
+
+    def add(length):
+        row = KVCache(layers, capacity=length)
+        data = [[rng.standard_normal((length, *shape)).astype("float32") for _ in "kv"] for _ in range(layers)]
+        for layer, (k, v) in enumerate(data):
+            row.update(layer, paddle.to_tensor(k[None]), paddle.to_tensor(v[None]))
+        assert cache.add_row(row) == len(own)
+        own.append(data)
+
+    def step():
+        for layer in range(layers):
+            new = [rng.standard_normal((len(own), 1, *shape)).astype("float32") for _ in "kv"]
+            keys, values = cache.update(layer, *map(paddle.to_tensor, new))
+            assert keys.shape[:2] == [len(own), cache.end + (layer < layers - 1)]
+            for b in range(len(own)):
+                own[b][layer] = [np.concatenate([old, fresh[b]]) for old, fresh in zip(own[b][layer], new)]
+
+    def remove(slot):
+        cache.remove_row(slot)
+        last = own.pop()
+        if slot < len(own):
+            own[slot] = last
+
+    def check():
+        mask = cache.attention_mask(new_tokens=0)
+        for b, data in enumerate(own):
+            pad = cache.pads[b]
+            assert cache.row_length(b) == len(data[0][0])
+            if mask is not None:
+                assert (mask[b] == (np.arange(cache.end) >= pad)).all()
+            for layer, (k, v) in enumerate(data):
+                np.testing.assert_array_equal(cache.keys[layer][b, pad:cache.end].numpy(), k)
+                np.testing.assert_array_equal(cache.values[layer][b, pad:cache.end].numpy(), v)
+
+    for action in ["add 5", "step", "add 9", "step", "step", "add 2", "remove 0", "step", "add 40", "step",
+                   "remove 2", "step", "remove 0", "remove 0", "add 3", "step"]:
+        name, *arg = action.split()
+        {"add": add, "step": step, "remove": remove}[name](*map(int, arg))
+        check()
+    assert cache.attention_mask() is None  # one row: no padding
+    remove(0)
+    assert cache.rows == 0 and cache.capacity == 0  # the memory is given back
+
+
 def test_batched_greedy_equals_lone_generate(model, processor, engine):
     inputs = requests(processor)
     budgets = [12, 20, 7, 16]
@@ -59,6 +110,7 @@ def test_batched_greedy_equals_lone_generate(model, processor, engine):
     submitted = [engine.submit(x, SamplingParams(max_new_tokens=n)) for x, n in zip(inputs, budgets)]
     answers = [list(r.tokens()) for r in submitted]
     assert answers == lone
+    assert engine.stats()["steps"] < sum(budgets) - len(budgets)  # the rows shared decode steps
     for request, answer, budget in zip(submitted, answers, budgets):
         assert request.finish_reason == ("length" if len(answer) == budget else "stop")
         assert request.prompt_tokens > 0
