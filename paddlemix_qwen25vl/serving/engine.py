@@ -185,7 +185,7 @@ class Engine:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size} and {max_queue}")
         self.model, self.max_batch_size = model, max_batch_size
-        self.eos_token_ids = tuple(int(t) for t in _as_list(model.generation_config.eos_token_id))
+        self.eos_token_ids = GenerationSettings.resolve(model.generation_config).eos_token_ids  # the checkpoint's
         self._waiting: "queue.Queue[EngineRequest]" = queue.Queue(maxsize=max_queue)
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
@@ -343,7 +343,7 @@ class Engine:
 
     def _leave_cancelled(self) -> None:
         for slot in reversed(range(len(self._rows))):
-            if self._rows[slot].request.cancelled or self._stopping.is_set():
+            if self._rows[slot].request.cancelled:
                 self._leave(slot, "cancelled")
 
     def _leave(self, slot: int, reason: str, error: Optional[BaseException] = None) -> None:
@@ -358,9 +358,3 @@ class Engine:
     def _finish(self, request: EngineRequest, reason: str, error: Optional[BaseException] = None) -> None:
         self._finished += 1
         request._finish(reason, error)
-
-
-def _as_list(value: Any) -> List[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
