@@ -14,7 +14,7 @@ from helpers.scripts import import_script
 
 import_script("benchmarks/harness")  # as ``harness``, the name benchmarks/compare.py imports it by
 
-from harness import checkpoints, counts, machine as machine_probe, options, orchestrate, report, runs, summary  # noqa: E402
+from harness import checkpoints, counts, llamacpp, machine as machine_probe, options, orchestrate, report, runs, summary  # noqa: E402
 from harness.common import run_worker  # noqa: E402
 
 needs_transformers = pytest.mark.skipif(
@@ -137,6 +137,98 @@ def test_paddleformers_runs_get_their_own_repeats(tmp_path, monkeypatch):
     repeats = {(r["impl"], r["media"]): r["repeats"] for r in runs}
     assert repeats[("paddleformers", "image")] == repeats[("paddleformers", "video")] == 1
     assert {v for (impl, _), v in repeats.items() if impl != "paddleformers"} == {3}
+
+
+def test_decode_bytes_per_precision():
+    """Weight-only layouts (ops/weight_only.py): int8 one float32 scale per output row, int4 two
+    weights per byte and one float32 scale per row and group of 128 inputs."""
+    config = checkpoints.bench_config("quick")
+    assert counts.matrix_bytes(11008, 2048, "bfloat16") == 2 * 11008 * 2048
+    assert counts.matrix_bytes(2048, 11008, "weight_only_int8") == 2048 * 11008 + 4 * 2048
+    assert counts.matrix_bytes(5, 129, "weight_only_int4") == 5 * 65 + 4 * 5 * 2  # odd width, a short last group
+    f32 = counts.decode_bytes_per_token(config, context=100)
+    int4 = counts.decode_bytes_per_token(config, context=100, kind="weight_only_int4")
+    assert int4["lm_head"] == 151936 * 1024 + 4 * 151936 * 16
+    assert int4["kv_cache"] == f32["kv_cache"] and 0.13 < int4["total"] / f32["total"] < 0.14
+    with pytest.raises(ValueError, match="unknown weight kind"):
+        counts.matrix_bytes(1, 1, "int3")
+
+
+def _precision_results():
+    def row(impl, precision, label, decode, prefill=3.0, rss=4096.0, **extra):
+        return {**_row(impl, label, prefill, decode), "precision": precision, "peak_rss_mib": rss, **extra}
+
+    return {
+        "config_name": "quick", "config": checkpoints.bench_config("quick"), "threads": 2, "repeats": 3,
+        "new_tokens": 32, "notes": [],
+        "machine": {"bandwidth_gb_s": {"gemv": 20.0}, "gemm_gflop_s": 200.0, "gemm_n": 4096},
+        "rows": [
+            row("paddlemix", "float32", "paddlemix-sdpa", 8.0, top1_agreement=1.0, teacher_steps=64),
+            row("paddlemix", "bfloat16", "paddlemix-sdpa-bfloat16", 15.0, prefill=3.2, rss=2400.0,
+                top1_agreement=1.0, teacher_steps=64),
+            row("paddlemix", "weight_only_int8", "paddlemix-sdpa-weight_only_int8", 24.0, top1_agreement=0.98,
+                teacher_steps=64),
+            row("paddlemix", "weight_only_int4", "paddlemix-sdpa-weight_only_int4", 40.0, top1_agreement=0.97,
+                teacher_steps=64),
+            row("transformers", "float32", "transformers-sdpa", 7.5),
+            row("transformers", "bfloat16", "transformers-sdpa-bfloat16", 2.0),
+            {**row("llamacpp", "Q8_0", "llamacpp-Q8_0", 20.0), "grids": [], "vision_s": None, "preprocess_s": None,
+             "weight_bytes": 700_000_000, "kv_bytes": 2},
+            {**row("llamacpp", "Q4_0", "llamacpp-Q4_0", 45.0), "grids": [], "vision_s": None, "preprocess_s": None,
+             "weight_bytes": 400_000_000, "kv_bytes": 2},
+        ],
+    }
+
+
+def test_precision_rows_targets_and_report(tmp_path):
+    """Issue 20's rows: issue 8's targets see only float32 rows; each precision is held to its
+    targets against transformers float32, our float32 and llama.cpp; bytes per token per precision."""
+    results = summary.summarize(_precision_results())
+    targets = {t["target"]: t for t in results["targets"]}
+    assert targets["decode_vs_transformers"]["ours"] == "paddlemix-sdpa"  # not the faster int4 row
+    assert targets["bfloat16_decode_tok_s_vs_transformers_float32"]["value"] == pytest.approx(15.0 / 7.5)
+    assert targets["bfloat16_prefill_s_vs_paddlemix_float32"]["verdict"] == "PASS"  # 3.2 / 3.0 <= 1.1
+    assert targets["bfloat16_peak_rss_mib_vs_paddlemix_float32"]["value"] == pytest.approx(2400 / 4096)
+    assert targets["weight_only_int8_decode_tok_s_vs_llamacpp_Q8_0"]["verdict"] == "PASS"
+    assert targets["weight_only_int8_top1_agreement"]["verdict"] == "FAIL"  # 98% < 99%
+    assert targets["weight_only_int4_decode_tok_s_vs_llamacpp_Q4_0"]["verdict"] == "FAIL"  # 40 < 45
+    assert targets["weight_only_int4_top1_agreement"]["verdict"] == "PASS"
+    rows = {r["label"]: r for r in results["rows"]}
+    context = 600 + 16
+    bf16 = counts.decode_bytes_per_token(results["config"], context, "bfloat16")["total"]
+    assert rows["paddlemix-sdpa-bfloat16"]["decode_bytes_per_token"]["total"] == bf16
+    assert rows["paddlemix-sdpa-bfloat16"]["decode_frac_bound"] == pytest.approx(15.0 / (20e9 / bf16))
+    hf_bf16 = counts.decode_bytes_per_token(results["config"], context, "bfloat16", kv_bytes=2)["total"]
+    assert rows["transformers-sdpa-bfloat16"]["decode_bytes_per_token"]["total"] == hf_bf16  # its cache is bf16
+    q4 = rows["llamacpp-Q4_0"]["decode_bytes_per_token"]  # its GGUF tensors + an F16 cache
+    assert q4["total"] == 400_000_000 + counts.kv_cache_bytes(results["config"], context, 2)
+    table = report.write_reports(results, tmp_path / "precisions")[1].read_text()
+    precisions = table[table.index("## Precisions"):]
+    assert "| image | paddlemix-sdpa-weight_only_int4 | weight_only_int4 | 40.00 | 5.33 |" in precisions
+    assert "| image | llamacpp-Q8_0 | Q8_0 | 20.00 | 2.67 |" in precisions and "97.0% of 64" in precisions
+
+
+def test_precision_runs_are_planned_with_their_references(tmp_path, monkeypatch):
+    """--pm_precisions / --hf_dtypes / --gguf_types: one row each; llama.cpp rows get the float32
+    reference's prompt ids, the other precisions its continuation (teacher-forced agreement)."""
+    monkeypatch.setattr(orchestrate, "llamacpp_version", lambda: "0.3.36")
+    args = options.parse_args(["--impls", "paddlemix", "transformers", "llamacpp", "--pm_attn", "sdpa", "--media", "image",
+                               "--pm_precisions", "float32", "weight_only_int4", "--hf_dtypes", "float32", "bfloat16",
+                               "--gguf_types", "Q4_0"])
+    plan = orchestrate.plan_runs(args, tmp_path, [])
+    assert [r["label"] for r in plan] == ["paddlemix-sdpa", "paddlemix-sdpa-weight_only_int4", "transformers-sdpa",
+                                          "transformers-sdpa-bfloat16", "transformers-eager", "transformers-eager-bfloat16",
+                                          "llamacpp-Q4_0"]
+    assert plan[-1]["task"] == "llamacpp_timing" and plan[0]["task"] == "timing"
+    reference = {"prompt_ids": [1, 2, 3], "continuation": [4, 5]}
+    session = orchestrate._Session.__new__(orchestrate._Session)
+    session.args, session.results = args, {"references": {}, "notes": []}
+    session.step = lambda label, spec: dict(reference)
+    session.references(plan, tmp_path)
+    assert plan[-1]["prompt_ids"] == [1, 2, 3] and "reference" not in plan[-1]
+    assert all(r["reference"]["continuation"] == [4, 5] for r in plan[:-1])
+    assert orchestrate._needs_reference(orchestrate.plan_runs(options.parse_args(["--impls", "paddlemix"]), tmp_path, [])) \
+        == (False, False)
 
 
 @needs_transformers

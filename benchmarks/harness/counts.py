@@ -2,6 +2,7 @@
 benchmarks/README.md), from a transformers config dict."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence
 
 
@@ -58,16 +59,45 @@ def prefill_flops(grids: Sequence[Sequence[int]], prompt_tokens: int, config: Di
     return parts
 
 
-def decode_bytes_per_token(config: Dict[str, Any], context: float) -> Dict[str, float]:
-    """Bytes read per decoded token in float32: decoder weights (linears, biases, norms), the
-    final norm, the lm_head (the tied embedding when tied) and the KV cache at ``context`` tokens."""
+INT4_GROUP = 128  # ops/weight_only.INT4_GROUP: int4 scales per group of this many inputs
+
+
+def matrix_bytes(rows: int, cols: int, kind: str) -> float:
+    """Bytes of one ``[rows = out, cols = in]`` weight stored as ``kind`` (the layouts of
+    ops/weight_only.py: int8 with one float32 scale per row, int4 two per byte with one
+    float32 scale per row and group of INT4_GROUP inputs)."""
+    if kind == "float32":
+        return 4.0 * rows * cols
+    if kind == "bfloat16":
+        return 2.0 * rows * cols
+    if kind == "weight_only_int8":
+        return float(rows * cols + 4 * rows)
+    if kind == "weight_only_int4":
+        return float(rows * math.ceil(cols / 2) + 4 * rows * math.ceil(cols / INT4_GROUP))
+    raise ValueError(f"unknown weight kind {kind!r}")
+
+
+def kv_cache_bytes(config: Dict[str, Any], context: float, kv_bytes: int) -> float:
+    """Bytes of the keys and values of every layer at ``context`` tokens, ``kv_bytes`` per value."""
+    kv = config["num_key_value_heads"] * (config["hidden_size"] // config["num_attention_heads"])
+    return float(kv_bytes * config["num_hidden_layers"] * 2 * kv * context)
+
+
+def decode_bytes_per_token(config: Dict[str, Any], context: float, kind: str = "float32",
+                           kv_bytes: int = 4) -> Dict[str, float]:
+    """Bytes read per decoded token: decoder linears stored as ``kind``, biases and norms in
+    float32, the final norm, the lm_head (the tied embedding when tied) as ``kind``, and the KV
+    cache at ``context`` tokens with ``kv_bytes`` per value."""
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    inter = config["intermediate_size"]
     kv = config["num_key_value_heads"] * (h // config["num_attention_heads"])
-    per_layer = decoder_linear_params(config) + (h + 2 * kv) + 2 * h  # + qkv biases + 2 norms
+    # q, k, v, o, gate, up, down as [out, in]
+    linears = [(h, h), (kv, h), (kv, h), (h, h), (inter, h), (inter, h), (h, inter)]
+    per_layer = sum(matrix_bytes(o, i, kind) for o, i in linears) + 4.0 * ((h + 2 * kv) + 2 * h)  # + biases, norms
     parts = {
-        "decoder_weights": 4.0 * (layers * per_layer + h),
-        "lm_head": 4.0 * h * vocab,
-        "kv_cache": 4.0 * layers * 2 * kv * context,
+        "decoder_weights": layers * per_layer + 4.0 * h,
+        "lm_head": matrix_bytes(vocab, h, kind),
+        "kv_cache": kv_cache_bytes(config, context, kv_bytes),
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -10,6 +10,16 @@ from typing import Any, Dict, List, Tuple
 from .workload import media_kwargs
 
 PAD_TOKEN_ID = 151643  # <|endoftext|>
+# this library's weight precisions (PaddleNLP's quant_type names) and transformers' dtypes
+PM_PRECISIONS = ("float32", "bfloat16", "weight_only_int8", "weight_only_int4")
+HF_PRECISIONS = ("float32", "bfloat16")
+
+
+def precision_kwargs(precision: str) -> Dict[str, str]:
+    """This library's from_pretrained arguments for one weight precision."""
+    if precision not in PM_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PM_PRECISIONS)}")
+    return {"dtype": precision} if precision in ("float32", "bfloat16") else {"quant_type": precision}
 
 
 def vision_inputs(inputs: Dict[str, Any], video: bool) -> Tuple[Any, Any]:
@@ -35,9 +45,15 @@ class Library:
         """Processor keyword arguments for the spec's image or video."""
         return media_kwargs(self.spec, media)
 
+    def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
+        """Teacher forcing: the most likely next token at each of the ``len(continuation)``
+        positions of one forward over the prompt followed by ``continuation[:-1]``."""
+        raise NotImplementedError
+
 
 class PaddleMix(Library):
-    """This library, float32, with ``spec["attn"]`` (flash_attention_2 on CPU: the operator of external_ops/)."""
+    """This library with ``spec["attn"]`` (flash_attention_2 on CPU: the operator of external_ops/)
+    and the weights in ``spec["precision"]`` (PM_PRECISIONS; float32 by default)."""
 
     def load(self) -> None:
         import paddle
@@ -52,7 +68,9 @@ class PaddleMix(Library):
 
             if not has_flash_attn_op():
                 build_ops()  # compiled once into the user cache, then loaded
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], attn_implementation=attn)
+        precision = precision_kwargs(self.spec.get("precision", "float32"))
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], attn_implementation=attn,
+                                                                        **precision)
         self.model.eval()
         self.processor = Qwen2_5_VLProcessor.from_pretrained(self.spec["checkpoint"])
 
@@ -68,6 +86,16 @@ class PaddleMix(Library):
         tokens, _ = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                         decode_strategy="greedy_search", streamer=streamer)
         return tokens.numpy()[0].tolist()
+
+    def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
+        paddle = self.paddle
+        prompt = inputs["input_ids"]
+        ids = paddle.concat([prompt, paddle.to_tensor([continuation[:-1]], dtype=prompt.dtype)], axis=1)
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        with paddle.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=paddle.ones_like(ids), use_cache=False,
+                                logits_to_keep=len(continuation), **rest).logits  # [1, len(continuation), V]
+        return logits.argmax(axis=-1)[0].numpy().tolist()
 
 
 class PaddleFormers(PaddleMix):
@@ -103,7 +131,8 @@ class PaddleFormers(PaddleMix):
 
 
 class Transformers(Library):
-    """transformers 4.51.3 on torch CPU with ``spec["attn"]`` (sdpa or eager)."""
+    """transformers 4.51.3 on torch CPU with ``spec["attn"]`` (sdpa or eager), in
+    ``spec["precision"]`` (HF_PRECISIONS: torch's own float32 or bfloat16 kernels)."""
 
     def load(self) -> None:
         import torch
@@ -111,8 +140,12 @@ class Transformers(Library):
 
         torch.set_num_threads(self.spec["threads"])
         torch.set_grad_enabled(False)
+        self.torch = torch
+        dtype = self.spec.get("precision", "float32")
+        if dtype not in HF_PRECISIONS:
+            raise ValueError(f"transformers runs in {' or '.join(HF_PRECISIONS)}, not {dtype!r}")
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            self.spec["checkpoint"], torch_dtype=torch.float32, attn_implementation=self.spec["attn"]
+            self.spec["checkpoint"], torch_dtype=getattr(torch, dtype), attn_implementation=self.spec["attn"]
         ).eval()
         self.processor = AutoProcessor.from_pretrained(self.spec["checkpoint"])
 
@@ -127,6 +160,13 @@ class Transformers(Library):
         out = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                   do_sample=False, pad_token_id=PAD_TOKEN_ID, streamer=streamer)
         return out[0, inputs["input_ids"].shape[-1]:].tolist()
+
+    def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
+        torch = self.torch
+        ids = torch.cat([inputs["input_ids"], torch.tensor([continuation[:-1]], dtype=inputs["input_ids"].dtype)], dim=1)
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **rest).logits
+        return logits[0, -len(continuation):].argmax(-1).tolist()  # 4.51.3's forward has no logits_to_keep
 
 
 LIBRARIES = {"paddlemix": PaddleMix, "transformers": Transformers, "paddleformers": PaddleFormers}

@@ -8,9 +8,12 @@ from typing import Optional, Sequence
 
 from .checkpoints import DEFAULT_CACHE
 from .common import RESULTS_DIR
+from .libraries import HF_PRECISIONS, PM_PRECISIONS
+from .llamacpp import GGUF_TYPES
 
 DESCRIPTION = "Compare this library with transformers 4.51.3 and PaddleFormers on Qwen2.5-VL inference (CPU)."
-IMPLS = ("paddlemix", "transformers", "paddleformers")
+IMPLS = ("paddlemix", "transformers", "paddleformers", "llamacpp")
+DEFAULT_IMPLS = IMPLS[:3]  # llama.cpp runs the decoder only: asked for with --impls
 HF_ATTNS = ("sdpa", "eager")
 PM_ATTNS = ("sdpa", "flash_attention_2")  # flash_attention_2 on CPU: the operator of external_ops/
 
@@ -25,11 +28,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the best is reported)")
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--media", nargs="+", choices=("image", "video"), default=["image", "video"])
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(DEFAULT_IMPLS),
+                   help="llamacpp: llama-cpp-python's llama.cpp on the same decoder (GGUF, --gguf_types), decoder only")
     p.add_argument("--hf_attn", nargs="+", choices=HF_ATTNS, default=list(HF_ATTNS),
                    help="transformers attention implementations to run; the fastest is the baseline")
     p.add_argument("--pm_attn", nargs="+", choices=PM_ATTNS, default=list(PM_ATTNS),
                    help="this library's attention implementations to run; the fastest is measured against the targets")
+    p.add_argument("--pm_precisions", nargs="+", choices=PM_PRECISIONS, default=["float32"],
+                   help="this library's weight precisions; any but float32 adds the teacher-forced top-1 agreement")
+    p.add_argument("--hf_dtypes", nargs="+", choices=HF_PRECISIONS, default=["float32"], help="transformers' dtypes")
+    p.add_argument("--gguf_types", nargs="+", choices=GGUF_TYPES, default=list(GGUF_TYPES),
+                   help="llama.cpp weight types (F16 converted, the others quantised from it by llama.cpp)")
+    p.add_argument("--teacher_steps", type=int, default=64,
+                   help="steps of the teacher-forced top-1 agreement with this library's float32 greedy tokens")
     p.add_argument("--image_size", type=int, default=672)
     p.add_argument("--video_frames", type=int, default=16)
     p.add_argument("--video_size", type=int, default=336)

@@ -7,15 +7,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .checkpoints import bench_config, ensure_checkpoint
 from .common import run_worker
+from .llamacpp import gguf_files, llamacpp_version
 from .machine import probe_machine
 from .report import markdown_report, write_reports
 from .summary import fastest, summarize
 
-ROW_KEYS = ("impl", "label", "media", "attn")  # what a results row keeps of its spec
+ROW_KEYS = ("impl", "label", "media", "attn", "precision")  # what a results row keeps of its spec
 
 
 def _available(module: str, python: str = sys.executable) -> bool:
@@ -31,16 +32,37 @@ def _library_runs(args: argparse.Namespace, notes: List[str]) -> List[Dict[str, 
             if not _available("transformers"):
                 notes.append("transformers is not installed: skipped")
                 continue
-            runs += [{"impl": impl, "attn": a, "label": f"transformers-{a}"} for a in args.hf_attn]
+            runs += [{"impl": impl, "attn": a, "precision": d, "label": _label(f"transformers-{a}", d)}
+                     for a in args.hf_attn for d in args.hf_dtypes]
         elif impl == "paddleformers":
             python = args.paddleformers_python
             if not (python and Path(python).exists() and _available("paddleformers", python)):
                 notes.append(f"PaddleFormers skipped: no paddleformers under {python} (see benchmarks/README.md)")
                 continue
             runs.append({"impl": impl, "label": "paddleformers", "python": python, "repeats": args.paddleformers_repeats})
+        elif impl == "llamacpp":
+            if llamacpp_version() is None:
+                notes.append("llama.cpp skipped: llama-cpp-python does not import (pip install -r benchmarks/requirements.txt "
+                             "builds it from source)")
+                continue
+            runs += [{"impl": impl, "task": "llamacpp_timing", "precision": t, "label": f"llamacpp-{t}"}
+                     for t in args.gguf_types]
         else:
-            runs += [{"impl": impl, "attn": a, "label": f"paddlemix-{a}"} for a in args.pm_attn]
+            runs += [{"impl": impl, "attn": a, "precision": p, "label": _label(f"paddlemix-{a}", p)}
+                     for a in args.pm_attn for p in args.pm_precisions]
     return runs
+
+
+def _label(name: str, precision: str) -> str:
+    """Row labels: float32 rows keep the plain name (issue 8's rows), other precisions append theirs."""
+    return name if precision == "float32" else f"{name}-{precision}"
+
+
+def _needs_reference(runs: List[Dict[str, Any]]) -> Tuple[bool, bool]:
+    """(the float32 reference run is needed, its continuation is held against the rows): llama.cpp
+    needs its prompt ids, precisions other than float32 the teacher-forced agreement."""
+    agreement = any(r.get("precision", "float32") != "float32" for r in runs if r["impl"] != "llamacpp")
+    return agreement or any(r["impl"] == "llamacpp" for r in runs), agreement
 
 
 def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> List[Dict[str, Any]]:
@@ -50,6 +72,21 @@ def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> L
             "video_size": args.video_size}
     libraries = _library_runs(args, notes)
     return [{**base, **lib, "media": m} for m in args.media for lib in libraries]
+
+
+def _attach_gguf(runs: List[Dict[str, Any]], checkpoint: Path, args: argparse.Namespace, notes: List[str]) -> None:
+    """The GGUF file of each llama.cpp run (converted and quantised once); a failure is a note."""
+    types = list(dict.fromkeys(r["precision"] for r in runs if r["impl"] == "llamacpp"))
+    if not types:
+        return
+    try:
+        paths = gguf_files(checkpoint, types, args.cache_dir, args.threads)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        notes.append(f"llama.cpp skipped: the GGUF conversion failed: {str(error)[-300:]}")
+        return
+    for run in runs:
+        if run["impl"] == "llamacpp":
+            run["gguf"] = str(paths[run["precision"]])
 
 
 class _Session:
@@ -68,8 +105,30 @@ class _Session:
         self.progress.update(1)
         return result
 
+    def references(self, runs: List[Dict[str, Any]], checkpoint: Path) -> None:
+        """This library's float32 prompt ids and greedy continuation per input, given to the rows
+        that need them (llama.cpp its prompt, other precisions the teacher-forced agreement)."""
+        needed, agreement = _needs_reference(runs)
+        for media in self.args.media if needed else []:
+            spec = {"task": "reference", "impl": "paddlemix", "attn": self.args.pm_attn[0], "media": media,
+                    "checkpoint": str(checkpoint), "threads": self.args.threads, "teacher_steps": self.args.teacher_steps,
+                    "image_size": self.args.image_size, "video_frames": self.args.video_frames,
+                    "video_size": self.args.video_size}
+            reference = self.step(f"{media} float32 reference", spec)
+            self.results["references"][media] = reference
+            if "error" in reference:
+                self.results["notes"].append(f"{media} reference run failed (no llama.cpp rows, no agreement): "
+                                             f"{reference['error'][-300:]}")
+            for run in (r for r in runs if r["media"] == media and "error" not in reference):
+                if run["impl"] == "llamacpp":
+                    run["prompt_ids"] = reference["prompt_ids"]
+                elif agreement:
+                    run["reference"] = reference
+
     def timing_rows(self, specs: List[Dict[str, Any]]) -> None:
         for spec in specs:
+            if spec["impl"] == "llamacpp" and ("prompt_ids" not in spec or "gguf" not in spec):
+                continue  # no reference prompt or no GGUF file: said in the notes
             result = self.step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
             self.results["rows"].append({k: spec[k] for k in ROW_KEYS if k in spec} | result)
             self.snapshot()
@@ -77,7 +136,8 @@ class _Session:
     def vision_memory(self, impl: str, checkpoint: Path) -> None:
         """The vision-memory points of ``impl`` with its fastest attention on the first input."""
         args = self.args
-        best = fastest([r for r in self.results["rows"] if r["impl"] == impl and "prefill_s" in r])
+        best = fastest([r for r in self.results["rows"]
+                        if r["impl"] == impl and "prefill_s" in r and r.get("precision", "float32") == "float32"])
         attn = best["attn"] if best else (args.hf_attn if impl == "transformers" else args.pm_attn)[0]
         label = f"{impl}-{attn}"
         for size in args.memory_sizes:
@@ -103,16 +163,19 @@ def compare(args: argparse.Namespace) -> Dict[str, Any]:
     checkpoint = ensure_checkpoint(name, args.cache_dir)
     notes: List[str] = []
     runs = plan_runs(args, checkpoint, notes)
+    _attach_gguf(runs, checkpoint, args, notes)
     memory_impls = ["paddlemix"] + (["transformers"] if any(r["impl"] == "transformers" for r in runs) else [])
     results: Dict[str, Any] = {"config_name": name, "config": bench_config(name), "checkpoint": str(checkpoint),
                                "threads": args.threads, "repeats": args.repeats,
                                "paddleformers_repeats": args.paddleformers_repeats, "new_tokens": args.new_tokens,
-                               "machine": {}, "rows": [], "vision_memory": {}, "notes": notes}
-    session = _Session(args, results, total=2 + len(runs) + len(memory_impls) * len(args.memory_sizes))
+                               "machine": {}, "rows": [], "vision_memory": {}, "references": {}, "notes": notes}
+    total = 2 + len(runs) + len(memory_impls) * len(args.memory_sizes) + len(args.media) * _needs_reference(runs)[0]
+    session = _Session(args, results, total=total)
 
     probe = {"threads": args.threads, "machine_repeats": args.machine_repeats, "gemm_n": args.gemm_n}
     results["machine"] = probe_machine(probe, int(args.bandwidth_gib * 2**30), notes,
                                        run=lambda spec: session.step(spec["task"], spec))
+    session.references(runs, checkpoint)
     first_media = [r for r in runs if r["media"] == args.media[0]]
     session.timing_rows(first_media)
     for impl in memory_impls:

@@ -56,6 +56,38 @@ def _row_line(r: Dict[str, Any]) -> str:
             f"| {_fmt(r.get('tokens_agree_with_transformers'))}/{r['new_tokens']} |")
 
 
+PRECISION_HEADER = [
+    "| input | implementation | weights | decode tok/s | x transformers float32 | GB read / token | % bandwidth bound "
+    "| prefill s | decoder prefill s | peak RSS GiB | top-1 = float32 (teacher-forced) |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def _precision_lines(results: Dict[str, Any]) -> List[str]:
+    """Every precision side by side (issue 20): speed, bytes, memory, agreement with float32."""
+    rows = [r for r in results["rows"] if "decode_tok_s" in r]
+    lines = ["", "## Precisions", "", *PRECISION_HEADER]
+    for r in rows:
+        hf = next((b for b in rows if b["media"] == r["media"] and b["impl"] == "transformers"
+                   and b.get("precision", "float32") == "float32" and b.get("fastest")), None)
+        # the vision tower runs inside the prefill; llama.cpp runs the decoder only
+        decoder = r["prefill_s"] - (r.get("vision_s") or 0)
+        agree = r.get("top1_agreement")
+        agree = f"{_pct(agree)}% of {r['teacher_steps']}" if agree is not None else "-"
+        lines.append(f"| {r['media']} | {r['label']} | {r.get('precision', 'float32')} | {_fmt(r['decode_tok_s'])} "
+                     f"| {_fmt(hf and r['decode_tok_s'] / hf['decode_tok_s'])} "
+                     f"| {_fmt(r['decode_bytes_per_token']['total'] / 1e9, 3)} | {_pct(r.get('decode_frac_bound'))} "
+                     f"| {_fmt(r['prefill_s'])} | {_fmt(decoder)} | {_fmt(r['peak_rss_mib'] / 1024)} | {agree} |")
+    lines.append("")
+    lines.append("decoder prefill = prefill - the vision tower's time (measured alone); llama.cpp runs the decoder "
+                 "only, on the same token ids (the pad tokens as plain tokens), so its prefill is the decoder's.")
+    return lines
+
+
+def _has_precisions(results: Dict[str, Any]) -> bool:
+    return any(r.get("precision", "float32") != "float32" for r in results["rows"])
+
+
 def _target_line(t: Dict[str, Any]) -> str:
     sign = ">=" if t["higher_is_better"] else "<="
     if t["target"].endswith("paddleformers"):  # strict comparisons
@@ -82,6 +114,8 @@ def markdown_report(results: Dict[str, Any]) -> str:
     lines = [f"# Qwen2.5-VL inference on CPU: {results['config_name']} model, {results['threads']} threads", "",
              _machine_line(results), "", *ROW_HEADER]
     lines += [_row_line(r) for r in results["rows"]]
+    if _has_precisions(results):
+        lines += _precision_lines(results)
     lines += ["", "## Targets (this library)", "", "| input | target | value | threshold | verdict |", "|---|---|---:|---:|---|"]
     lines += [_target_line(t) for t in results["targets"]]
     if results.get("vision_memory"):

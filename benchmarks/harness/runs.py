@@ -1,5 +1,7 @@
 """The measurements a worker makes on one library: the timing run (preprocess, vision,
-prefill, decode, peak RSS) and the vision tower's extra peak memory."""
+prefill, decode, peak RSS, and with a reference continuation the teacher-forced top-1
+agreement), the reference itself, the vision tower's extra peak memory, and a load-and-generate
+run of a text prompt (benchmarks/full_memory.py)."""
 from __future__ import annotations
 
 import time
@@ -59,7 +61,8 @@ def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
     lib.vision(inputs, video)
     vision = timed(lambda: lib.vision(inputs, video), spec["repeats"])
     gen = _time_generate(lib, inputs, spec)
-    return {
+    peak_rss = status_kib("VmHWM")  # before the teacher-forced forward, which keeps every position's logits
+    result = {
         "load_s": load_s,
         "preprocess_s": min(preprocess),
         "vision_s": min(vision),
@@ -73,8 +76,44 @@ def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
         "new_tokens": spec["new_tokens"],
         "tokens": gen["tokens"],  # greedy tokens: equal across libraries when the weights load alike
         "rss_loaded_mib": rss_loaded / 1024,
-        "peak_rss_mib": status_kib("VmHWM") / 1024,
+        "peak_rss_mib": peak_rss / 1024,
     }
+    if spec.get("reference"):
+        result.update(top1_agreement(lib, inputs, spec["reference"]["continuation"]))
+    return result
+
+
+def top1_agreement(lib: Library, inputs: Dict[str, Any], continuation: List[int]) -> Dict[str, Any]:
+    """The fraction of ``continuation`` (float32 greedy tokens) that ``lib`` ranks first when fed
+    the prompt and the continuation so far (teacher forcing: one error does not derail the rest)."""
+    top1 = lib.teacher_top1(inputs, continuation)
+    return {"top1_agreement": sum(a == b for a, b in zip(top1, continuation)) / len(continuation),
+            "teacher_steps": len(continuation)}
+
+
+def run_reference(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """This library's float32 prompt ids and greedy continuation of ``spec["teacher_steps"]``
+    tokens on ``spec["media"]``: what the other precisions are held to, and llama.cpp's prompt."""
+    lib = LIBRARIES["paddlemix"]({**spec, "precision": "float32"})
+    lib.load()
+    inputs = lib.preprocess(PROMPTS[spec["media"]], lib.media_kwargs(spec["media"]))
+    continuation = lib.generate(inputs, spec["teacher_steps"])
+    return {"prompt_ids": inputs["input_ids"].numpy()[0].tolist(), "continuation": continuation}
+
+
+def run_load_generate(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Load ``spec["checkpoint"]`` in ``spec["precision"]`` and greedily generate from a text
+    prompt: load time, RSS once loaded, peak RSS, the tokens and the decode rate."""
+    lib = LIBRARIES[spec["impl"]](spec)
+    start = time.perf_counter()
+    lib.load()
+    load_s = time.perf_counter() - start
+    rss_loaded = status_kib("VmRSS")
+    inputs = lib.preprocess(PROMPTS["text"], {})
+    gen = _time_generate(lib, inputs, spec)
+    return {"load_s": load_s, "rss_loaded_mib": rss_loaded / 1024, "peak_rss_mib": status_kib("VmHWM") / 1024,
+            "prefill_s": min(gen["prefill_s"]), "decode_tok_s": max(gen["decode_tok_s"]), "tokens": gen["tokens"],
+            "prompt_tokens": int(inputs["input_ids"].shape[-1])}
 
 
 def run_vision_memory(spec: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,11 +1,12 @@
 """From measured rows to the report's numbers: FLOP/s and fractions of the machine's limits
-per row, each library's fastest attention, and the target verdicts (issue 8)."""
+per row, each library's fastest attention, and the target verdicts (issue 8 on the float32
+rows, issue 20 on the other precisions)."""
 from __future__ import annotations
 
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .counts import decode_bytes_per_token, prefill_flops
+from .counts import decode_bytes_per_token, kv_cache_bytes, prefill_flops
 
 # Targets: (key, description, threshold, True when higher is better).
 TARGETS = (
@@ -15,6 +16,20 @@ TARGETS = (
     ("decode_frac_bound", "decode tok/s / bandwidth bound", 0.85, True),
     ("prefill_vs_paddleformers", "prefill time / PaddleFormers'", 1.00, False),
     ("decode_vs_paddleformers", "decode tok/s / PaddleFormers'", 1.00, True),
+)
+# Issue 20: (precision, metric, baseline (impl, precision) or None, threshold, True when higher
+# is better); a ratio to the baseline's metric, or the metric itself without one.
+PRECISION_TARGETS = (
+    ("bfloat16", "decode_tok_s", ("transformers", "float32"), 1.8, True),
+    ("bfloat16", "decode_frac_bound", None, 0.85, True),
+    ("bfloat16", "prefill_s", ("paddlemix", "float32"), 1.1, False),
+    ("bfloat16", "peak_rss_mib", ("paddlemix", "float32"), 0.6, False),
+    ("weight_only_int8", "decode_tok_s", ("transformers", "float32"), 3.0, True),
+    ("weight_only_int8", "decode_tok_s", ("llamacpp", "Q8_0"), 1.0, True),
+    ("weight_only_int8", "top1_agreement", None, 0.99, True),
+    ("weight_only_int4", "decode_tok_s", ("transformers", "float32"), 4.5, True),
+    ("weight_only_int4", "decode_tok_s", ("llamacpp", "Q4_0"), 1.0, True),
+    ("weight_only_int4", "top1_agreement", None, 0.95, True),
 )
 # Vision memory is "linear" when the extra peak per added patch at the largest size is at
 # most this multiple of that at the smallest (quadratic attention buffers give far more).
@@ -39,10 +54,27 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b
 
 
+def precision_of(row: Dict[str, Any]) -> str:
+    """The row's weight precision (issue 8's rows are float32; llama.cpp's are GGUF types)."""
+    return row.get("precision", "float32")
+
+
+def _bytes_per_token(row: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, float]:
+    """Bytes one decode step reads at the mean context: llama.cpp's from its GGUF file, the
+    others' from the precision of their weights (transformers' KV cache is in its dtype)."""
+    context = row["prompt_tokens"] + row["new_tokens"] / 2
+    if "weight_bytes" in row:
+        kv = kv_cache_bytes(config, context, row["kv_bytes"])
+        return {"weights": float(row["weight_bytes"]), "kv_cache": kv, "total": row["weight_bytes"] + kv}
+    precision = precision_of(row)
+    kv_bytes = 2 if row["impl"] == "transformers" and precision == "bfloat16" else 4
+    return decode_bytes_per_token(config, context, precision, kv_bytes)
+
+
 def _add_rates(row: Dict[str, Any], config: Dict[str, Any], gemm: Optional[float], bandwidth: Optional[float]) -> None:
     """The row's FLOP and byte counts, prefill FLOP/s against the GEMM peak, decode against the bound."""
     flops = prefill_flops(row["grids"], row["prompt_tokens"], config)
-    nbytes = decode_bytes_per_token(config, row["prompt_tokens"] + row["new_tokens"] / 2)
+    nbytes = _bytes_per_token(row, config)
     row["prefill_flops"] = flops
     row["decode_bytes_per_token"] = nbytes
     row["prefill_gflop_s"] = flops["total"] / row["prefill_s"] / 1e9
@@ -60,8 +92,10 @@ def _verdict(key: str, value: Optional[float], threshold: float, higher: bool) -
 
 
 def _media_targets(media: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The targets on one input, each library with its fastest attention; marks the fastest
-    rows and how many greedy tokens agree with transformers' (a check that weights load alike)."""
+    """The targets on one input (float32 rows), each library with its fastest attention; marks
+    the fastest rows and how many greedy tokens agree with transformers' (a check that weights
+    load alike)."""
+    rows = [r for r in rows if precision_of(r) == "float32"]
     ours_rows = [r for r in rows if r["impl"] == "paddlemix"]
     hf = [r for r in rows if r["impl"] == "transformers"]
     ours, hf_best = fastest(ours_rows), fastest(hf)
@@ -84,6 +118,26 @@ def _media_targets(media: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any
              "ours": ours and ours["label"],
              "baseline": hf_best["label"] if hf_best and "transformers" in key else None}
             for key, text, threshold, higher in TARGETS]
+
+
+def _precision_targets(media: str, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Issue 20's targets on one input, for the precisions that were run (each library's fastest attention)."""
+    def pick(impl: str, precision: str) -> Optional[Dict[str, Any]]:
+        return fastest([r for r in rows if r["impl"] == impl and precision_of(r) == precision])
+
+    targets = []
+    for precision, metric, baseline, threshold, higher in PRECISION_TARGETS:
+        ours = pick("paddlemix", precision)
+        if ours is None:
+            continue
+        base = pick(*baseline) if baseline else None
+        value = _ratio(ours.get(metric), base and base.get(metric)) if baseline else ours.get(metric)
+        against = f" / {baseline[0]} {baseline[1]}'s" if baseline else ""
+        targets.append({"media": media, "target": f"{precision}_{metric}" + (f"_vs_{baseline[0]}_{baseline[1]}" if baseline else ""),
+                        "description": f"{precision} {metric}{against}", "value": value, "threshold": threshold,
+                        "higher_is_better": higher, "verdict": _verdict("", value, threshold, higher),
+                        "ours": ours["label"], "baseline": base["label"] if base else None})
+    return targets
 
 
 def vision_memory_linearity(points: Sequence[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
@@ -123,7 +177,8 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
         _add_rates(row, results["config"], machine.get("gemm_gflop_s"), bandwidth)
     targets = []
     for media in sorted({r["media"] for r in results["rows"]}):
-        targets += _media_targets(media, [r for r in measured if r["media"] == media])
+        media_rows = [r for r in measured if r["media"] == media]
+        targets += _media_targets(media, media_rows) + _precision_targets(media, media_rows)
     targets += [_memory_target(label, points) for label, points in results.get("vision_memory", {}).items()]
     results["targets"] = targets
     return results

@@ -8,15 +8,18 @@ from typing import Any, Dict
 from .checkpoints import build_checkpoint
 from .common import print_result
 from .machine import run_machine, run_torch_gemm
-from .runs import run_timing, run_vision_memory
+from .llamacpp import run_llamacpp_timing
+from .runs import run_load_generate, run_reference, run_timing, run_vision_memory
 
 
 def _build(spec: Dict[str, Any]) -> Dict[str, Any]:
-    return {"path": str(build_checkpoint(spec["config"], Path(spec["checkpoint"]), spec["streamed"]))}
+    path = build_checkpoint(spec["config"], Path(spec["checkpoint"]), spec["streamed"], spec.get("dtype", "float32"))
+    return {"path": str(path)}
 
 
 TASKS = {"build": _build, "timing": run_timing, "vision_memory": run_vision_memory, "machine": run_machine,
-         "torch_gemm": run_torch_gemm}
+         "torch_gemm": run_torch_gemm, "reference": run_reference, "load_generate": run_load_generate,
+         "llamacpp_timing": run_llamacpp_timing}
 
 
 def worker_main(spec: Dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ PROMPTS = {
     "Describe this image in detail.<|im_end|>\n<|im_start|>assistant\n",
     "video": SYSTEM + "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
     "Describe what happens in this video.<|im_end|>\n<|im_start|>assistant\n",
+    "text": SYSTEM + "<|im_start|>user\nWrite a short story about a lighthouse keeper.<|im_end|>\n"
+    "<|im_start|>assistant\n",  # load-and-generate runs (benchmarks/full_memory.py)
 }
 VIDEO_FPS = 2.0
 
