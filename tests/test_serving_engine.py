@@ -68,7 +68,11 @@ def test_batch_cache_rows_join_and_leave():
         assert cache.add_row(row) == len(own)
         own.append(data)
 
-    def step():
+    def step(times=1):
+        for _ in range(times):
+            one_step()
+
+    def one_step():
         for layer in range(layers):
             new = [rng.standard_normal((len(own), 1, *shape)).astype("float32") for _ in "kv"]
             keys, values = cache.update(layer, *map(paddle.to_tensor, new))
@@ -93,11 +97,15 @@ def test_batch_cache_rows_join_and_leave():
                 np.testing.assert_array_equal(cache.keys[layer][b, pad:cache.end].numpy(), k)
                 np.testing.assert_array_equal(cache.values[layer][b, pad:cache.end].numpy(), v)
 
-    for action in ["add 5", "step", "add 9", "step", "step", "add 2", "remove 0", "step", "add 40", "step",
-                   "remove 2", "step", "remove 0", "remove 0", "add 3", "step"]:
+    actions = ["add 5", "step", "add 9", "step", "step", "add 2", "remove 0", "step", "add 40", "step", "remove 2",
+               "step 45", "remove 0", "remove 0", "add 3", "step"]  # step 45: past the capacity, the shared padding dropped
+    for action in actions:
         name, *arg = action.split()
+        capacity = cache.capacity
         {"add": add, "step": step, "remove": remove}[name](*map(int, arg))
         check()
+        if action == "step 45":
+            assert cache.capacity > capacity and min(cache.pads) == 0
     assert cache.attention_mask() is None  # one row: no padding
     remove(0)
     assert cache.rows == 0 and cache.capacity == 0  # the memory is given back
