@@ -16,8 +16,9 @@ become the bfloat16 weights as they are. A model saved with int8/int4 weights wr
 bfloat16 one writes an ordinary bfloat16 checkpoint.
 
 Formats and CPU kernels: :mod:`.ops.weight_only`. On a GPU, int8/int4 use Paddle's
-``weight_quantize`` / ``weight_only_linear`` (their own weight layout, so such a model is not
-saved), the embedding stays in the compute dtype, and bfloat16 runs natively (no swap).
+``weight_quantize`` / ``weight_only_linear`` on the float checkpoint (their own weight layout:
+such a model is not saved, and a checkpoint saved quantised is not loaded there), the
+embedding stays in the compute dtype, and bfloat16 runs natively (no swap).
 Tensor parallelism (``mp_degree > 1``) is not supported here.
 
 Dimensions:
@@ -38,7 +39,7 @@ from paddlenlp.quantization.quantization_config import QuantizationConfig
 from .checkpoint_io import CheckpointError, tensor_to_numpy, to_float32, to_paddle
 from .distributed.layers import TiedLMHead
 from .loading import Saved, Target, parameter_saved, parameter_target
-from .ops.weight_only import INT4_GROUP, WEIGHT_KINDS, dequantize_weight, quantize_weight, weight_only_embedding, weight_only_linear
+from .ops.weight_only import INT4_GROUP, WEIGHT_KINDS, quantize_weight, weight_only_embedding, weight_only_linear
 from .runtime import on_gpu
 
 __all__ = [
@@ -107,6 +108,9 @@ def resolve_weight_kind(quant_type: Optional[str], precision_weights: Optional[s
     if saved is not None and quant_type not in (None, saved):
         raise ValueError(f"the checkpoint is already quantised ({saved}): it cannot be loaded with quant_type={quant_type!r}")
     kind = saved or quant_type
+    if saved is not None and on_gpu():
+        raise ValueError(f"the checkpoint was saved quantised ({saved}) for the CPU kernels: on a GPU, load the float "
+                         f"checkpoint with quant_type={saved!r} (Paddle's GPU kernels quantise it themselves)")
     if mp_degree > 1:
         if kind is not None:
             raise ValueError(f"quant_type {kind!r} is not supported with tensor parallelism (mp_degree={mp_degree}): load with mp_degree=1")
@@ -134,7 +138,7 @@ class _WeightOnlyLayer(nn.Layer):
         self.prequantized = prequantized and kind != "bfloat16"  # bfloat16 is saved as a plain weight
         self.gpu = on_gpu() and kind != "bfloat16"
         self.float_dtype = float_dtype  # the compute dtype (what Paddle's GPU kernels quantise from)
-        self._pending: Dict[str, paddle.Tensor] = {}  # a saved qweight waiting for its scales, or back
+        self._pending: Dict[str, paddle.Tensor] = {}  # a saved qweight waiting for its scales, or the reverse
         self.register_buffer("qweight", None, persistable=True)  # set when loaded
         self.register_buffer("scales", None, persistable=True)
 
@@ -160,9 +164,8 @@ class _WeightOnlyLayer(nn.Layer):
 
     def take_float(self, value: np.ndarray, dtype_name: str) -> None:
         """Quantise a float weight (stored dtype ``dtype_name``, this layer's float layout)."""
-        if self.gpu:  # Paddle's GPU kernels quantise the [in, out] weight themselves
-            weight = to_paddle(value if self.transposed else value.T, dtype_name, self.float_dtype)
-            self._set_gpu(weight)
+        if self.gpu:  # only Linear layers are swapped there: value is [in, out], what Paddle's kernels quantise
+            self._set_gpu(to_paddle(value, dtype_name, self.float_dtype))
             return
         rows = value.T if self.transposed else value  # [out, in]; a torch Linear weight's own layout (no copy)
         if self.kind == "bfloat16" and dtype_name == "BF16":
@@ -180,11 +183,7 @@ class _WeightOnlyLayer(nn.Layer):
         self._pending[name] = paddle.to_tensor(np.ascontiguousarray(value))
         if len(self._pending) < 2:
             return  # the other half comes next
-        qweight, scales = self._pending.pop("qweight"), self._pending.pop("scales")
-        if self.gpu:  # re-quantised into Paddle's GPU layout: int8 and int4 round trips are exact (max maps to max)
-            self._set_gpu(dequantize_weight(qweight, scales, self.kind).T.astype(self.float_dtype))
-        else:
-            self._set(qweight, scales)
+        self._set(self._pending.pop("qweight"), self._pending.pop("scales"))
 
     def _set(self, qweight: paddle.Tensor, scales: Optional[paddle.Tensor]) -> None:
         self.register_buffer("qweight", qweight, persistable=True)

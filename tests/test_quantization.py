@@ -12,6 +12,7 @@ Error bounds, stated (relative errors ||y_q - y|| / ||y|| over the whole output;
 - the trained demo model answers its held-out questions at least as accurately as in float32.
 """
 
+import inspect
 import json
 import os
 import runpy
@@ -28,7 +29,8 @@ from paddlemix_qwen25vl import quantization
 from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile, write_safetensors
 from paddlemix_qwen25vl.demo import SHIPPED_WEIGHTS
 from paddlemix_qwen25vl.loading import PADDLE_METADATA, SAFE_SINGLE
-from paddlemix_qwen25vl.quantization import WeightOnlyEmbedding, WeightOnlyLinear, WeightOnlyTiedHead
+from paddlemix_qwen25vl.quantization import WeightOnlyEmbedding, WeightOnlyLinear, WeightOnlyTiedHead, quantize_model
+from paddlemix_qwen25vl.runtime import has_gpu
 from paddlemix_qwen25vl.tools.make_synthetic_dataset import make_dataset
 from paddlemix_qwen25vl.training.demo_model import evaluate
 
@@ -135,7 +137,50 @@ def test_layer_output_error_bound(kind, bound):
 def test_quantised_logits_error_bound(tiny_checkpoint, inputs, float32_logits, quant_type, bound):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type=quant_type)
     assert model.model.layers[0].mlp.up_proj.kind == quant_type and model.visual.merger.mlp[2].kind == quant_type
-    assert _relative_error(_logits(model, inputs), float32_logits) <= bound
+    logits = _logits(model, inputs)
+    assert _relative_error(logits, float32_logits) <= bound
+    # quantising a loaded float model in memory is the same as quantising while loading
+    in_memory = quantize_model(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint), quant_type)
+    np.testing.assert_array_equal(_logits(in_memory, inputs), logits)
+
+
+def test_gpu_path_calls_paddles_weight_only_kernels(tiny_checkpoint, inputs, float32_logits, monkeypatch, tmp_path):
+    """The GPU path emulated on CPU: Paddle's kernels replaced by float stand-ins with the same
+    parameters, which check what they are given (the [in, out] weight, int4's group of 128)."""
+    calls = []
+
+    def weight_quantize(x, algo="weight_only_int8", arch=None, group_size=-1):
+        calls.append((algo, group_size, tuple(x.shape)))
+        return x, paddle.ones([x.shape[1]])
+
+    def weight_only_linear(x, weight, bias=None, weight_scale=None, weight_dtype="int8", arch=None, group_size=-1):
+        assert (weight_dtype, group_size) == ("int4", 128) and list(weight_scale.shape) == [weight.shape[1]]
+        return paddle.matmul(x, weight) + (0 if bias is None else bias)
+
+    for fake in (weight_quantize, weight_only_linear):
+        real = getattr(paddle.nn.quant, fake.__name__)
+        assert list(inspect.signature(fake).parameters) == list(inspect.signature(real).parameters)
+        monkeypatch.setattr(paddle.nn.quant, fake.__name__, fake)
+    monkeypatch.setattr(quantization, "on_gpu", lambda: True)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type="weight_only_int4")
+    assert ("weight_only_int4", 128, (32, 64)) in calls  # gate_proj: hidden 32 -> intermediate 64
+    assert not isinstance(model.model.embed_tokens, WeightOnlyEmbedding)  # stays in the compute dtype there
+    np.testing.assert_allclose(_logits(model, inputs), float32_logits, rtol=0, atol=1e-5 * np.abs(float32_logits).max())
+    with pytest.raises(NotImplementedError, match="not saved"):
+        model.save_pretrained(str(tmp_path))
+
+
+@pytest.mark.skipif(not has_gpu(), reason="needs a GPU: Paddle's weight_quantize / weight_only_linear are GPU-only")
+@pytest.mark.parametrize("quant_type", QUANT_TYPES)
+def test_gpu_weight_only_layers(tiny_checkpoint, inputs, float32_logits, quant_type):
+    paddle.set_device("gpu")
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type=quant_type, dtype="float16")
+        assert model.model.layers[0].mlp.up_proj.gpu
+        on_gpu = {name: paddle.to_tensor(value.numpy()) for name, value in inputs.items()}  # to the current device
+        assert _relative_error(_logits(model, on_gpu).astype("float32"), float32_logits) <= 0.3
+    finally:
+        paddle.set_device("cpu")
 
 
 def _buffers(model):
