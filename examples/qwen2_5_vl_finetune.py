@@ -8,9 +8,9 @@
 PaddleMIX's flags and every paddlenlp TrainingArguments flag apply (see --help); the shell/
 recipes are PaddleMIX's. As in PaddleMIX, the weights are half precision with --bf16/--fp16
 and --fp16_opt_level O2, float32 (under paddlenlp's O1 autocast) otherwise; training resumes
-from the last checkpoint in --output_dir unless --overwrite_output_dir. On a machine without a
-GPU, sharding, bf16/fp16 and master gradients are switched off with a notice, so the same
-command runs on CPU. See examples/README_finetune.md.
+from the last checkpoint in --output_dir unless --overwrite_output_dir, and nothing is trained
+without --do_train. On a machine without a GPU, sharding, bf16/fp16 and master gradients are
+switched off with a notice, so the same command runs on CPU. See examples/README_finetune.md.
 """
 
 from __future__ import annotations
@@ -104,22 +104,36 @@ def build_model(model_args: ModelArguments, training_args: FinetuneTrainingArgum
 
 def main(argv=None) -> None:
     """Parse the arguments (a list, sys.argv, or one JSON file) and train."""
+    model_args, data_args, training_args = parse_arguments(argv, DataArguments)
+    if data_args.meta_path is None:
+        raise SystemExit("error: --meta_path is required")
+    run(model_args, data_args, training_args, data_args.meta_path)
+
+
+def parse_arguments(argv, data_arguments: type) -> tuple:
+    """(model, data, training) arguments of a list, sys.argv, or one JSON file."""
+    parser = PdArgumentParser((ModelArguments, data_arguments, FinetuneTrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments,
+        data_source, **dataset_options) -> None:
+    """Train on ``data_source`` (a meta file or :class:`DatasetSpec` list); ``dataset_options``
+    go to :class:`SFTDataset`."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)8s] %(name)s - %(message)s")
+    warn_no_effect(model_args, data_args, training_args)
+    if not training_args.do_train:  # PaddleMIX trains only under --do_train (there is no evaluation set)
+        logger.warning("--do_train not given: nothing to do (PaddleMIX's rule); add --do_train to train")
+        return
     # Fixed parameter and optimizer-state names whatever ran before in this process, so that
     # the optimizer states saved in a checkpoint (keyed by those names) are found on resume.
     with unique_name.guard():
-        train(argv)
+        _train(model_args, data_args, training_args, data_source, **dataset_options)
 
 
-def train(argv=None) -> None:
-    parser = PdArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if data_args.meta_path is None:
-        parser.error("--meta_path is required")
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)8s] %(name)s - %(message)s")
-    warn_no_effect(model_args, data_args, training_args)
+def _train(model_args, data_args, training_args, data_source, **dataset_options) -> None:
     resume = last_checkpoint(training_args)
     if not has_gpu():
         paddle.set_device("cpu")
@@ -130,7 +144,7 @@ def train(argv=None) -> None:
     processor = Qwen2_5_VLProcessor.from_pretrained(model_args.model_name_or_path)
     config = model.model.config if model_args.lora else model.config
     dataset = SFTDataset(
-        data_args.meta_path,
+        data_source,
         processor,
         config,
         max_seq_length=data_args.max_seq_length,
@@ -141,13 +155,15 @@ def train(argv=None) -> None:
         video_fps=model_args.video_fps,
         video_maxlen=model_args.video_maxlen,
         resample=data_args.use_data_resampling,
+        **dataset_options,
     )
-    logger.info(f"{len(dataset)} training samples from {len(dataset.specs)} dataset(s) in {data_args.meta_path}")
+    logger.info(f"{len(dataset)} training samples from {len(dataset.specs)} dataset(s): "
+                f"{', '.join(spec.name for spec in dataset.specs)}")
     trainer = Qwen2_5_VLTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=SFTCollator(processor.tokenizer.pad_token_id, flatten=data_args.data_flatten),
+        data_collator=SFTCollator(processor.tokenizer.pad_token_id, flatten=bool(data_args.data_flatten)),
         processor=processor,
         callbacks=[DataSummaryCallback(dataset)],
     )

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 WORK=${1:-work_dirs/demo_model}
 python -m paddlemix_qwen25vl.tools.make_synthetic_dataset --output_dir "${WORK}/data" --num_samples 12000 --num_eval 300
 python -m paddlemix_qwen25vl.training.demo_model init --output_dir "${WORK}/init"
-python examples/qwen2_5_vl_finetune.py --model_name_or_path "${WORK}/init" --meta_path "${WORK}/data/meta.json" \
+python examples/qwen2_5_vl_finetune.py --do_train --model_name_or_path "${WORK}/init" --meta_path "${WORK}/data/meta.json" \
   --output_dir "${WORK}/trained" --per_device_train_batch_size 16 --num_train_epochs 1 --learning_rate 2e-3 \
   --warmup_steps 30 --lr_scheduler_type cosine --logging_steps 10 --save_steps 250 --max_seq_length 256 \
   --seed 42 --report_to none

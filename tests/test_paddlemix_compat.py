@@ -198,8 +198,8 @@ def test_output_dir_resume_rules(tiny_checkpoint, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "stray.txt").write_text("x")
-    base = ["--model_name_or_path", tiny_checkpoint, "--meta_path", meta, "--output_dir", str(out), "--report_to", "none",
-            "--image_resolution", "112", "--per_device_train_batch_size", "2"]
+    base = ["--do_train", "--model_name_or_path", tiny_checkpoint, "--meta_path", meta, "--output_dir", str(out),
+            "--report_to", "none", "--image_resolution", "112", "--per_device_train_batch_size", "2"]
     with pytest.raises(ValueError, match="already exists and is not empty"):
         qwen2_5_vl_finetune.main(base + ["--max_steps", "1"])
     qwen2_5_vl_finetune.main(base + ["--max_steps", "1", "--save_steps", "1", "--overwrite_output_dir", "True"])
@@ -223,6 +223,110 @@ def test_paddlemix_data_layout(processor, tmp_path, monkeypatch):
     vision_start = ids.index(151652)
     assert ids[vision_start - 3:vision_start] == [151644, 872, 198]  # "<|im_start|>user\n" then the image
     assert sample["image_grid_thw"].tolist() == [[1, 6, 4]]
+
+
+def test_without_do_train_nothing_is_trained(tmp_path, caplog):
+    """PaddleMIX trains only under --do_train: without it, nothing is loaded, trained or written."""
+    out = tmp_path / "o"
+    qwen2_5_vl_finetune.main(["--meta_path", str(tmp_path / "unused.json"), "--output_dir", str(out), "--report_to", "none"])
+    assert "--do_train not given: nothing to do" in caplog.text and not out.exists()
+
+
+# ------------------------------------------------------------------ the "official" pipeline (--dataset_use)
+# PaddleMIX's shell/baseline_3b_bs32_1e8_official.sh, flag for flag: the common flags but no --warmup_steps and
+# these (its fixed GRADIENT_ACC=4 with GPUS=2 x PER_DEVICE_BATCH_SIZE=4: a global batch of 32, kept on one CPU
+# process by accumulation 8).
+OFFICIAL = {
+    **{flag: value for flag, value in COMMON.items() if flag != "--warmup_steps"},
+    "--model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "--output_dir": "work_dirs/baseline_330k_3b_bs4_official",
+    "--logging_dir": "work_dirs/baseline_330k_3b_bs4_official/logs", "--num_train_epochs": "0.5",
+    "--per_device_train_batch_size": "4", "--gradient_accumulation_steps": "8",
+    "--dataset_use": "dvqa_train_200k,chartqa_train_18k,ai2d_train_12k,docvqa_train_10k,geoqa,synthdog_en",
+    "--max_pixels": "50176", "--min_pixels": "784", "--data_flatten": "True", "--learning_rate": "1e-4",
+    "--warmup_ratio": "0.03", "--weight_decay": "0", "--sharding_parallel_degree": "1", "--sharding": "stage2",
+}
+
+
+def test_official_recipe_equals_paddlemix_flag_for_flag():
+    flags, notices = dry_run_flags("baseline_3b_bs32_1e8_official")
+    assert flags == OFFICIAL
+    assert "instead of paddle.distributed.launch over GPUS=2" in notices and "global batch stays 32" in notices
+    # PaddleMIX's overrides: the global batch follows GPUS x PER_DEVICE_BATCH_SIZE x 4, as its fixed accumulation does.
+    flags, _ = dry_run_flags("baseline_3b_bs32_1e8_official", GPUS="4", PER_DEVICE_BATCH_SIZE="2", sharding_parallel_degree="2")
+    assert (flags["--gradient_accumulation_steps"], flags["--sharding_parallel_degree"]) == ("16", "2")
+
+
+def official_datasets(root, media_prefix="", names=("chartqa_train_18k", "ai2d_train_12k")):
+    """PaddleMIX's layout under ``root``: playground/opensource_json/<name>.json, images in
+    playground/data/<name>/ named from the working directory (or under ``media_prefix``); 8 image
+    records and a text-only one each."""
+    for name in names:
+        images = os.path.join(root, "playground", "data", name)
+        os.makedirs(images)
+        records = qa_records(images, count=8)
+        for record in records[:-1]:  # the last one is text-only
+            record["images"] = [os.path.join(media_prefix, "playground", "data", name, path) for path in record["images"]]
+        write_dataset(os.path.join(root, "playground", "opensource_json"), records, name=name, jsonl=False)
+    return os.path.join(root, "playground", "opensource_json")
+
+
+def test_dataset_use_registry_and_sampling(processor, tmp_path, monkeypatch):
+    """--dataset_use as PaddleMIX resolves it: registered names, name%N a random N% (int(n * N / 100)), %>=100 all."""
+    from paddlemix_qwen25vl.training.data import build_index
+    from paddlemix_qwen25vl.training.registry import dataset_specs
+
+    monkeypatch.chdir(tmp_path)
+    official_datasets(str(tmp_path))
+    half, whole = dataset_specs("chartqa_train_18k%50,ai2d_train_12k")
+    assert (half.name, half.sampling_rate, whole.sampling_rate) == ("chartqa_train_18k", 0.5, 1.0)
+    assert half.annotation == str(tmp_path / "playground" / "opensource_json" / "chartqa_train_18k.json")
+    index = build_index([half, whole], seed=3)
+    chosen = [r for d, r in index if d == 0]
+    assert len(chosen) == 4 and len(set(chosen)) == 4 and [r for d, r in index if d == 1] == list(range(9))
+    assert build_index([half, whole], seed=3) == index and any(build_index([half], seed=s) != build_index([half], seed=3)
+                                                               for s in range(4, 8))
+    assert len(build_index(dataset_specs("chartqa_train_18k%200"))) == 9
+    with pytest.raises(ValueError, match="unknown dataset 'nope': registered are dvqa_train_200k"):
+        dataset_specs("chartqa_train_18k,nope")
+    with pytest.raises(FileNotFoundError, match="geoqa.*playground/opensource_json/geoqa\\+.json"):
+        dataset_specs("geoqa")
+    # --min_pixels/--max_pixels: the per-image budget of training (PaddleMIX's official image processor settings)
+    def grid(**pixels):
+        return SFTDataset([whole], processor, tiny_config(), max_seq_length=4096, strict=True, **pixels)[0]["image_grid_thw"]
+
+    assert grid().tolist() == [[1, 6, 4]]  # the 84x56 image, the checkpoint's budget
+    assert grid(min_pixels=784, max_pixels=56 * 56).tolist() == [[1, 4, 2]]
+    assert grid(min_pixels=4 * 84 * 56).tolist() == [[1, 12, 8]]
+    assert processor.image_processor.max_pixels != 56 * 56  # the processor that is saved keeps the checkpoint's
+
+
+def test_official_recipe_trains_on_cpu(tiny_checkpoint, tmp_path):
+    """sh shell/baseline_3b_bs32_1e8_official.sh as PaddleMIX's README runs its recipes (two steps, packed,
+    text-only records included: PaddleMIX's official path crashes on them). The recipe runs from the
+    repository root, so the datasets are given as annotation files."""
+    from visualdl import LogReader
+
+    annotations = official_datasets(str(tmp_path), media_prefix=str(tmp_path))
+    out = str(tmp_path / "out")
+    use = f"{annotations}/chartqa_train_18k.json%50,{annotations}/ai2d_train_12k.json"
+    run = shell("baseline_3b_bs32_1e8_official", "--dataset_use", use, "--max_steps", "2",
+                env={"MODEL": tiny_checkpoint, "OUTPUT_DIR": out, "BATCH_SIZE": "4", "PER_DEVICE_BATCH_SIZE": "2",
+                     "DEVICE": "cpu"})
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "NOTICE: no GPU found" in run.stderr and "qwen2_5_vl_finetune_official.py" in run.stderr
+    log = open(os.path.join(out, "training_log.txt")).read()
+    assert "13 training samples from 2 dataset(s)" in log and "global_step: 2" in log  # 4 of 9 + 9
+    assert "data summary: 0 bad record(s) skipped" in log
+    assert "--meta_path 'configs/baseline_6data_330k.json' has no effect" in log
+    records, = glob.glob(os.path.join(out, "logs", "vdlrecords.*.log"))
+    losses = LogReader(file_path=records).get_data("scalar", "train/loss")
+    assert [r.id for r in losses] == [1, 2] and all(np.isfinite(r.value) for r in losses)
+    from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile
+
+    trained, base = (SafetensorsFile(os.path.join(path, "model.safetensors")) for path in (out, tiny_checkpoint))
+    assert not np.array_equal(trained.raw("model.layers.0.mlp.up_proj.weight"), base.raw("model.layers.0.mlp.up_proj.weight"))
+    for key in ("visual.merger.mlp.0.weight", "visual.blocks.0.attn.qkv.weight"):  # --freeze_vit True, as in PaddleMIX
+        np.testing.assert_array_equal(trained.raw(key), base.raw(key))
 
 
 # ------------------------------------------------------------------ checkpoints and tools

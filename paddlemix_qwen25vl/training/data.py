@@ -5,8 +5,10 @@
 relative paths (the meta file, each ``annotation``, each media path) are taken from the
 working directory; a path not found there is also looked for beside the meta file (an
 annotation) or the annotation file (media). An explicit ``data_root`` is joined to every
-relative media path. ``repeat_time`` 2.5 uses every record twice plus a seeded half of them;
-0.3 a seeded 30%.
+relative media path. ``repeat_time`` 0.3 takes the first 30% of the records (PaddleMIX's
+``raw_data[:int(n * 0.3)]``); 2.5 every record twice plus the first half. The "official"
+pipeline's ``--dataset_use name%30`` (:mod:`.registry`) takes a seeded random 30% instead, as
+PaddleMIX's does.
 
 Annotation files are a JSON list or JSON lines. Records are parsed when they are read
 (``__getitem__``), so media are decoded only for the samples a step actually uses.
@@ -14,13 +16,14 @@ Annotation files are a JSON list or JSON lines. Records are parsed when they are
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -44,6 +47,7 @@ class DatasetSpec:
     data_root: str  # the explicit data_root, else the annotation file's folder
     repeat_time: float = 1.0
     root_given: bool = False  # data_root was in the meta file: media paths are joined to it
+    sampling_rate: float = 1.0  # --dataset_use name%N: a seeded random N% of the records (N >= 100: all)
 
 
 def _existing(path: str, fallback_dir: str) -> str:
@@ -97,8 +101,14 @@ def read_annotation(path: str) -> List[Any]:
     return records
 
 
-def _repeat(count: int, times: float, rng: np.random.Generator) -> List[int]:
-    """Record numbers ``0..count-1`` taken ``times`` times (the fraction: a seeded subset)."""
+def _repeat(count: int, times: float) -> List[int]:
+    """Record numbers ``0..count-1`` taken ``times`` times; the fraction takes the first records."""
+    whole, fraction = int(times), times - int(times)
+    return list(range(count)) * whole + list(range(int(fraction * count)))
+
+
+def _draw(count: int, times: float, rng: np.random.Generator) -> List[int]:
+    """Record numbers ``0..count-1`` taken ``times`` times; the fraction is a seeded random subset."""
     whole, fraction = int(times), times - int(times)
     picked = list(range(count)) * whole
     if fraction > 0:
@@ -107,18 +117,25 @@ def _repeat(count: int, times: float, rng: np.random.Generator) -> List[int]:
 
 
 def build_index(specs: Sequence[DatasetSpec], seed: int = 42, resample: bool = False) -> List[Tuple[int, int]]:
-    """``(dataset number, record number)`` pairs after applying every ``repeat_time``.
+    """``(dataset number, record number)`` pairs after applying every ``sampling_rate`` (a seeded
+    random subset) then ``repeat_time`` (whole copies, then the first records).
 
     ``resample`` (``--use_data_resampling``, PaddleMIX's weighting): the total stays the same
     but dataset i gets a share proportional to sqrt(n_i) of it, n_i its size after
     ``repeat_time`` (small datasets are repeated, large ones subsampled, seeded).
     """
     rng = np.random.default_rng(seed)
-    picked = [_repeat(len(read_annotation(spec.annotation)), spec.repeat_time, rng) for spec in specs]
+    picked = []
+    for spec in specs:
+        count = len(read_annotation(spec.annotation))
+        kept = list(range(count))
+        if spec.sampling_rate < 1:  # PaddleMIX: random.sample(annotations, int(n * rate))
+            kept = sorted(rng.choice(count, size=int(count * spec.sampling_rate), replace=False).tolist())
+        picked.append([kept[i] for i in _repeat(len(kept), spec.repeat_time)])
     if resample:
         weights = np.sqrt([len(p) for p in picked])
         total = sum(len(p) for p in picked)
-        picked = [[p[i] for i in _repeat(len(p), total * w / weights.sum() / len(p), rng)] if p else p
+        picked = [[p[i] for i in _draw(len(p), total * w / weights.sum() / len(p), rng)] if p else p
                   for p, w in zip(picked, weights)]
     return [(number, record) for number, records in enumerate(picked) for record in records]
 
@@ -170,11 +187,16 @@ class SFTDataset:
     ``image_grid_thw`` and ``pixel_values_videos`` / ``video_grid_thw``. A bad or over-long
     record is logged, counted in :attr:`stats` and replaced by the next usable one (so batch
     sizes and the data order stay fixed); with ``strict`` it raises instead.
+
+    ``meta`` is a ``--meta_path`` file or the datasets themselves (the "official" pipeline's
+    ``--dataset_use``, :func:`~paddlemix_qwen25vl.training.registry.dataset_specs`).
+    ``min_pixels`` / ``max_pixels`` replace the checkpoint's per-image pixel budget for
+    training only (the saved processor keeps the checkpoint's).
     """
 
     def __init__(
         self,
-        meta_path: str,
+        meta: Union[str, Sequence[DatasetSpec]],
         processor: Any,
         config: Any,
         max_seq_length: int,
@@ -185,14 +207,19 @@ class SFTDataset:
         video_fps: Optional[float] = None,
         video_maxlen: Optional[int] = None,
         resample: bool = False,
+        min_pixels: Optional[int] = None,
+        max_pixels: Optional[int] = None,
     ) -> None:
-        self.specs = load_meta(meta_path)
+        self.specs = load_meta(meta) if isinstance(meta, str) else list(meta)
         self.records = [read_annotation(spec.annotation) for spec in self.specs]
         self.index = build_index(self.specs, seed, resample)
         if not self.index:
-            raise ValueError(f"{meta_path}: the datasets hold no records")
+            source = meta if isinstance(meta, str) else ", ".join(spec.name for spec in self.specs)
+            raise ValueError(f"{source}: the datasets hold no records")
         self.tokenizer = processor.tokenizer
-        self.image_processor = processor.image_processor
+        self.image_processor = copy.copy(processor.image_processor)
+        self.image_processor.min_pixels = min_pixels or self.image_processor.min_pixels
+        self.image_processor.max_pixels = max_pixels or self.image_processor.max_pixels
         self.config = config
         self.max_seq_length = max_seq_length
         self.image_resolution = image_resolution

@@ -119,7 +119,7 @@ def read_weights(path):
 
 
 def finetune(model_path, meta_path, output_dir, log_dir, extra):
-    launch([os.path.join("examples", "qwen2_5_vl_finetune.py"), "--model_name_or_path", model_path, "--meta_path",
+    launch([os.path.join("examples", "qwen2_5_vl_finetune.py"), "--do_train", "--model_name_or_path", model_path, "--meta_path",
             meta_path, "--output_dir", str(output_dir), "--per_device_train_batch_size", "1", "--learning_rate", "1e-4",
             "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--report_to", "none", "--seed", "7",
             "--image_resolution", "224", "--freeze_vit", "True", "--tune_mm_mlp", "True", "--bf16", "True",

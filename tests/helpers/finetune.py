@@ -20,7 +20,7 @@ def run_finetune(model_path: str, meta_path: str, output_dir: str, *extra: str) 
     Qwen2_5_VLTrainer.log = log
     try:
         import_script("examples/qwen2_5_vl_finetune.py").main([
-            "--model_name_or_path", model_path, "--meta_path", meta_path, "--output_dir", output_dir,
+            "--do_train", "--model_name_or_path", model_path, "--meta_path", meta_path, "--output_dir", output_dir,
             "--per_device_train_batch_size", "3", "--learning_rate", "2e-2", "--logging_steps", "1",
             "--report_to", "none", "--seed", "7", "--image_resolution", "112", "--save_steps", "1000", *extra,
         ])
