@@ -134,9 +134,21 @@ def test_join_mid_decode_and_async(model, processor, engine):
 
     async def read_late():
         request = engine.submit(late, SamplingParams(max_new_tokens=10))
-        return [t async for t in request.atokens()]
+        ticks = 0
 
-    assert asyncio.run(read_late()) == lone_answer(model, late, 10)
+        async def tick():  # runs only if waiting for tokens leaves the event loop free
+            nonlocal ticks
+            while not request.done:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.create_task(tick())
+        tokens = [t async for t in request.atokens()]
+        await ticker
+        return tokens, ticks
+
+    tokens, ticks = asyncio.run(read_late())
+    assert tokens == lone_answer(model, late, 10) and ticks > 1
     assert head + list(stream) == lone_answer(model, first, 24)
 
 
