@@ -124,6 +124,31 @@ def test_batched_greedy_equals_lone_generate(model, processor, engine):
         assert request.prompt_tokens > 0
 
 
+def test_demo_model_batched_equals_lone(demo_env):
+    """The trained demo model, its eos ids dropped so that every answer runs its whole budget:
+    images of two sizes and text, batched, equal their lone answers."""
+    from paddlemix_qwen25vl import Qwen2_5_VLProcessor
+    from paddlemix_qwen25vl.demo import DEMO_IMAGE, DEMO_IMAGE_2, DEMO_QUESTION, demo_checkpoint
+
+    path = demo_checkpoint(demo_env["PADDLEMIX_DEMO_DIR"])
+    demo, processor = Qwen2_5_VLForConditionalGeneration.from_pretrained(path), Qwen2_5_VLProcessor.from_pretrained(path)
+    demo.generation_config.eos_token_id = []
+    prompts = [(DEMO_QUESTION, DEMO_IMAGE), ("Hello, who are you?", None), ("What colour is the shape?", DEMO_IMAGE_2)]
+    inputs = []
+    for question, image in prompts:
+        content = [{"type": "text", "text": question}] if image is None else [{"type": "image"}, {"type": "text", "text": question}]
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        inputs.append(dict(processor(text=prompt, images=None if image is None else [Image.open(image).convert("RGB")])))
+    lone = [lone_answer(demo, x, 24) for x in inputs]
+    engine = Engine(demo)
+    engine.start()
+    try:
+        submitted = [engine.submit(x, SamplingParams(max_new_tokens=24)) for x in inputs]
+        assert [list(r.tokens()) for r in submitted] == lone
+    finally:
+        engine.stop()
+
+
 def test_join_mid_decode_and_async(model, processor, engine):
     import asyncio
 
