@@ -4,10 +4,12 @@ One scheduler thread owns the model. Requests wait in a bounded queue; each is p
 (batch 1, with its pixels) and joins the running batch at the next decode step, where up to
 ``max_batch_size`` sequences share one forward: a step reads the weights once for all rows.
 A row leaves as soon as it finishes (eos or stop id, token budget, cancel, error) and the
-others go on. (A prefill is not split into chunks: the running rows wait for it.) The rows live in one :class:`~paddlemix_qwen25vl.cache.BatchKVCache`; logits
-processing and sampling are :mod:`paddlemix_qwen25vl.generation`'s, with one seeded numpy
-generator per request, so a greedy answer equals ``model.generate`` on the request alone and a
-seeded one is the same in any batch.
+others go on. A prefill is not split into chunks: the running rows wait for it.
+
+The rows live in one :class:`~paddlemix_qwen25vl.cache.BatchKVCache`; logits processing and
+sampling are :mod:`paddlemix_qwen25vl.generation`'s, with one seeded numpy generator per
+request, so a greedy answer equals ``model.generate`` on the request alone and a seeded one is
+the same in any batch.
 
 Dimensions:
     B: rows decoding together     L: prompt tokens of one request     V: vocabulary
