@@ -6,13 +6,14 @@
 // seqlen x seqlen matrix); the forward stores only the logsumexp per row and
 // the backward recomputes the probabilities from it.
 //
-// Speed comes from one register-blocked micro-kernel (4 rows x 64 columns of
-// float accumulators) that every product of the algorithm is mapped onto, after
-// packing operands into zero-padded tiles so no product has a ragged edge.
-// It is written with GCC vector extensions instead of intrinsics so it stays
-// portable; `target_clones` compiles the hot functions for AVX-512, AVX2+FMA
-// and baseline x86-64 and picks one at load time, so the library is safe on any
-// x86-64 CPU without -march=native.
+// Speed comes from one register-blocked micro-kernel (4 rows x up to 80
+// columns of float accumulators with AVX-512, 4 x 24 with AVX2) that every
+// product of the algorithm is mapped onto, after packing operands into
+// zero-padded tiles so no product has a ragged edge. It is written with GCC
+// vector extensions instead of intrinsics so it stays portable; the hot
+// functions are compiled for AVX-512, AVX2+FMA and baseline x86-64, each with
+// its own vector width, and one is picked per call (cpu_isa.h), so the library
+// is safe on any x86-64 CPU without -march=native.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -29,18 +30,25 @@
 namespace pmq_ops {
 namespace {
 
-constexpr int kLanes = 16;      // floats per vector register (AVX-512 width)
+constexpr int kLanes = 16;      // tile padding: rows are multiples of 16 floats
 constexpr int kBlockQ = 64;     // query rows per tile
 constexpr int kBlockK = 64;     // keys per tile
 constexpr int kRows = 4;        // micro-kernel rows
-constexpr int kVecCols = 4;     // micro-kernel vectors per row (64 columns)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-// Same vector with 4-byte alignment, for loads/stores at any float address.
-typedef float vf_u __attribute__((vector_size(64), aligned(4)));
+// The forward and backward compute with vectors of L floats, one register of
+// the level they are compiled for: 16 (AVX-512), 8 (AVX2), 4 (baseline SSE2).
+// With AVX-512's 64-byte vectors in the AVX2 copy, every vector was a pair of
+// ymm registers, the micro-kernel's accumulators lived on the stack and each
+// broadcast went through 16 scalar stores: attention ran several times slower
+// than the AVX2 instructions allow.
+template <int L>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * L)));
+  typedef int32_t i __attribute__((vector_size(4 * L)));
+};
+typedef Vec<kLanes>::f vf;  // the decode kernel's vector
 
 // 64-byte aligned float storage for the tiles: their row lengths are
 // multiples of 16 floats, so every row then starts on a cache line and no
@@ -68,33 +76,50 @@ struct CacheLineAllocator {
 };
 using Buffer = std::vector<float, CacheLineAllocator<float>>;
 
-PMQ_INLINE vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
-PMQ_INLINE void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
-PMQ_INLINE vf splat(float x) { return vf{} + x; }
+// Vector loads/stores at any float address (memcpy compiles to one unaligned move).
+template <int L>
+PMQ_INLINE typename Vec<L>::f load(const float* p) {
+  typename Vec<L>::f x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+template <typename V>
+PMQ_INLINE void store(float* p, V x) { std::memcpy(p, &x, sizeof(x)); }
+// x - 0 is x exactly (also -0), so the compiler emits a bare broadcast.
+template <typename V>
+PMQ_INLINE V splat(float x) { return x - V{}; }
 PMQ_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-PMQ_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
-// Horizontal reductions as a shuffle tree (4 steps instead of 15 dependent
-// scalar operations: they run once per score row and tile).
-template <int kWidth>
-PMQ_INLINE vf swap_lanes(vf x) {
-  constexpr vi idx = {0 ^ kWidth,  1 ^ kWidth,  2 ^ kWidth,  3 ^ kWidth,
-                      4 ^ kWidth,  5 ^ kWidth,  6 ^ kWidth,  7 ^ kWidth,
-                      8 ^ kWidth,  9 ^ kWidth,  10 ^ kWidth, 11 ^ kWidth,
-                      12 ^ kWidth, 13 ^ kWidth, 14 ^ kWidth, 15 ^ kWidth};
-  return __builtin_shuffle(x, idx);
+template <typename V>
+PMQ_INLINE V vmax(V a, V b) { return a > b ? a : b; }
+// Horizontal reductions as a tree: fold the upper half onto the lower one
+// (lane i with lane i + L/2) until one lane is left; log2(L) steps instead of
+// L - 1 dependent scalar operations (they run once per score row and tile).
+template <int L>
+PMQ_INLINE void split_halves(typename Vec<L>::f x, typename Vec<L / 2>::f& lo,
+                             typename Vec<L / 2>::f& hi) {
+  std::memcpy(&lo, &x, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof(lo), sizeof(hi));
 }
-PMQ_INLINE float hmax(vf x) {
-  x = vmax(x, swap_lanes<8>(x));
-  x = vmax(x, swap_lanes<4>(x));
-  x = vmax(x, swap_lanes<2>(x));
-  return vmax(x, swap_lanes<1>(x))[0];
+template <typename V, int L = sizeof(V) / sizeof(float)>
+PMQ_INLINE float hmax(V x) {
+  if constexpr (L == 1) {
+    return x[0];
+  } else {
+    typename Vec<L / 2>::f lo, hi;
+    split_halves<L>(x, lo, hi);
+    return hmax(vmax(lo, hi));
+  }
 }
-PMQ_INLINE float hsum(vf x) {
-  x += swap_lanes<8>(x);
-  x += swap_lanes<4>(x);
-  x += swap_lanes<2>(x);
-  return (x + swap_lanes<1>(x))[0];
+template <typename V, int L = sizeof(V) / sizeof(float)>
+PMQ_INLINE float hsum(V x) {
+  if constexpr (L == 1) {
+    return x[0];
+  } else {
+    typename Vec<L / 2>::f lo, hi;
+    split_halves<L>(x, lo, hi);
+    return hsum(lo + hi);
+  }
 }
 
 // exp(x) for x <= 88: Cephes expf (range reduction to |r| <= ln2/2 and a
@@ -102,47 +127,50 @@ PMQ_INLINE float hsum(vf x) {
 // 0, so -inf (masked scores) maps to 0. The softmax spends most of its
 // non-matmul time here, and libm's expf does not vectorise without
 // -ffast-math.
-PMQ_INLINE vf vexp(vf x) {
-  const vi underflow = x < splat(-87.33654475f);
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  x = x < splat(-87.33654475f) ? splat(-87.33654475f) : x;
+template <typename V>
+PMQ_INLINE V vexp(V x) {
+  using I = decltype(x < x);  // the int vector of V's width
+  const I underflow = x < splat<V>(-87.33654475f);
+  x = x > splat<V>(88.0f) ? splat<V>(88.0f) : x;
+  x = x < splat<V>(-87.33654475f) ? splat<V>(-87.33654475f) : x;
   // Round x*log2(e) to the nearest integer n with the 1.5*2^23 trick; the
   // low mantissa bits of t then hold n.
-  const vf t = x * 1.44269504088896341f + 12582912.0f;
-  const vf n = t - 12582912.0f;
-  const vi ni = (vi)t - 0x4B400000;
-  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
+  const V t = x * 1.44269504088896341f + 12582912.0f;
+  const V n = t - 12582912.0f;
+  const I ni = (I)t - 0x4B400000;
+  const V r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = splat<V>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const vf y = p * r * r + r + 1.0f;
-  const vi bits = (ni + 127) << 23;
-  const vf result = y * (vf)bits;
-  return underflow ? splat(0.f) : result;
+  const V y = p * r * r + r + 1.0f;
+  const I bits = (ni + 127) << 23;
+  const V result = y * (V)bits;
+  return underflow ? splat<V>(0.f) : result;
 }
 
-// C[R][W*16] (+)= A[R][kdim] * B[kdim][W*16], A read as scalars at
+// C[R][W*L] (+)= A[R][kdim] * B[kdim][W*L], A read as scalars at
 // a[r*sar + k*sak] (so A may be a transposed view), B rows contiguous.
-template <int R, int W>
+template <int L, int R, int W>
 PMQ_INLINE void micro_kernel(const float* a, int64_t sar, int64_t sak,
                              const float* b, int64_t ldb, float* c,
                              int64_t ldc, int64_t kdim, bool accumulate) {
-  vf acc[R][W];
+  using V = typename Vec<L>::f;
+  V acc[R][W];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int w = 0; w < W; ++w)
-      acc[r][w] = accumulate ? load(c + r * ldc + w * kLanes) : splat(0.f);
+      acc[r][w] = accumulate ? load<L>(c + r * ldc + w * L) : splat<V>(0.f);
   for (int64_t kk = 0; kk < kdim; ++kk) {
-    vf bv[W];
+    V bv[W];
 #pragma GCC unroll 8
-    for (int w = 0; w < W; ++w) bv[w] = load(b + kk * ldb + w * kLanes);
+    for (int w = 0; w < W; ++w) bv[w] = load<L>(b + kk * ldb + w * L);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const vf av = splat(a[r * sar + kk * sak]);
+      const V av = splat<V>(a[r * sar + kk * sak]);
 #pragma GCC unroll 8
       for (int w = 0; w < W; ++w) acc[r][w] += av * bv[w];
     }
@@ -150,38 +178,43 @@ PMQ_INLINE void micro_kernel(const float* a, int64_t sar, int64_t sak,
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int w = 0; w < W; ++w) store(c + r * ldc + w * kLanes, acc[r][w]);
+    for (int w = 0; w < W; ++w) store(c + r * ldc + w * L, acc[r][w]);
 }
 
-// micro_kernel<kRows, vectors> for a run of 1..W vectors known at run time.
-template <int W>
+// micro_kernel<L, kRows, vectors> for a run of 1..W vectors known at run time.
+template <int L, int W>
 PMQ_INLINE void micro_kernel_tail(int64_t vectors, const float* a, int64_t sar,
                                   int64_t sak, const float* b, int64_t ldb,
                                   float* c, int64_t ldc, int64_t kdim,
                                   bool accumulate) {
   if (vectors == W)
-    micro_kernel<kRows, W>(a, sar, sak, b, ldb, c, ldc, kdim, accumulate);
+    micro_kernel<L, kRows, W>(a, sar, sak, b, ldb, c, ldc, kdim, accumulate);
   else if constexpr (W > 1)
-    micro_kernel_tail<W - 1>(vectors, a, sar, sak, b, ldb, c, ldc, kdim,
-                             accumulate);
+    micro_kernel_tail<L, W - 1>(vectors, a, sar, sak, b, ldb, c, ldc, kdim,
+                                accumulate);
 }
 
 // C[m][n] (+)= A[m][kdim] * B[kdim][n] with m a multiple of kRows and n a
 // multiple of kLanes (callers pad their tiles with zeros to guarantee it).
+template <int L>
 PMQ_INLINE void gemm(int64_t m, int64_t n, int64_t kdim, const float* a,
                      int64_t sar, int64_t sak, const float* b, int64_t ldb,
                      float* c, int64_t ldc, bool accumulate) {
+  // Accumulators per micro-kernel within the vector registers: AVX-512 (32
+  // registers) runs 4 vectors at a time but a last run of 5 (head_dim 80) in
+  // one go, since a 1-vector tail would be bound by its broadcasts; AVX2 and
+  // SSE2 (16 registers) run 3 (12 accumulators, 3 B vectors, 1 broadcast).
+  constexpr int kStep = L == 16 ? 4 : 3;
+  constexpr int kLast = L == 16 ? 5 : 3;
   for (int64_t i = 0; i < m; i += kRows) {
     const float* ai = a + i * sar;
     float* ci = c + i * ldc;
-    // 4 vectors at a time, but a last run of 5 (head_dim 80) in one go: a
-    // 1-vector tail would be bound by its broadcasts.
     int64_t j = 0;
-    for (; n - j > 5 * kLanes; j += kVecCols * kLanes)
-      micro_kernel<kRows, kVecCols>(ai, sar, sak, b + j, ldb, ci + j, ldc,
+    for (; n - j > kLast * L; j += kStep * L)
+      micro_kernel<L, kRows, kStep>(ai, sar, sak, b + j, ldb, ci + j, ldc,
                                     kdim, accumulate);
-    micro_kernel_tail<5>((n - j) / kLanes, ai, sar, sak, b + j, ldb, ci + j,
-                         ldc, kdim, accumulate);
+    micro_kernel_tail<L, kLast>((n - j) / L, ai, sar, sak, b + j, ldb, ci + j,
+                                ldc, kdim, accumulate);
   }
 }
 
@@ -296,9 +329,11 @@ struct FwdScratch {
 };
 
 // One (segment, head, query block) of the forward.
+template <int L>
 PMQ_INLINE void fwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
               const float* v, const PackedKV& kv, float* out, float* lse,
               int64_t seg, int64_t head, int64_t qblock, FwdScratch& ws) {
+  using V = typename Vec<L>::f;
   const int64_t dim = sh.head_dim, dp = ws.dp;
   const int64_t kv_head = head / (sh.heads / sh.kv_heads);
   const int64_t q_begin = sh.cu_seqlens_q[seg];
@@ -336,7 +371,7 @@ PMQ_INLINE void fwd_unit(const VarlenAttnShape& sh, const float* q, const float*
     }
 
     float* s = ws.s.data();
-    gemm(mp, np, dim, ws.q.data(), dp, 1, kt, kBlockK, s, np, false);
+    gemm<L>(mp, np, dim, ws.q.data(), dp, 1, kt, kBlockK, s, np, false);
 
     // Online softmax: rescale what was accumulated when the row max grows.
     for (int64_t r = 0; r < mp; ++r) {
@@ -349,14 +384,14 @@ PMQ_INLINE void fwd_unit(const VarlenAttnShape& sh, const float* q, const float*
       }
       // Masked and padding columns become -inf, which vexp maps to 0.
       std::fill(srow + visible, srow + np, kNegInf);
-      vf block_max = load(srow);
-      for (int64_t c = kLanes; c < np; c += kLanes)
-        block_max = vmax(block_max, load(srow + c));
+      V block_max = load<L>(srow);
+      for (int64_t c = L; c < np; c += L)
+        block_max = vmax(block_max, load<L>(srow + c));
       const float new_max = std::max(ws.row_max[r], hmax(block_max));
       const float alpha = std::exp(ws.row_max[r] - new_max);  // 0 at first
-      vf vsum = splat(0.f);
-      for (int64_t c = 0; c < np; c += kLanes) {
-        const vf p = vexp(load(srow + c) - new_max);
+      V vsum = splat<V>(0.f);
+      for (int64_t c = 0; c < np; c += L) {
+        const V p = vexp(load<L>(srow + c) - new_max);
         store(srow + c, p);
         vsum += p;
       }
@@ -364,11 +399,11 @@ PMQ_INLINE void fwd_unit(const VarlenAttnShape& sh, const float* q, const float*
       ws.row_max[r] = new_max;
       if (alpha != 1.f) {
         float* orow = ws.o.data() + r * dp;
-        for (int64_t x = 0; x < dp; x += kLanes)
-          store(orow + x, load(orow + x) * alpha);
+        for (int64_t x = 0; x < dp; x += L)
+          store(orow + x, load<L>(orow + x) * alpha);
       }
     }
-    gemm(mp, dp, n, s, np, 1, vt, dp, ws.o.data(), dp, true);
+    gemm<L>(mp, dp, n, s, np, 1, vt, dp, ws.o.data(), dp, true);
   }
 
   for (int64_t r = 0; r < m; ++r) {
@@ -406,10 +441,12 @@ struct BwdScratch {
 // blocks outside, query blocks inside). dq of this head is owned by this unit;
 // dk/dv go to `dk_out`/`dv_out`, laid out [total_k, dk_heads, head_dim] where
 // dk_heads is kv_heads (no GQA) or heads (GQA partials, summed by the caller).
+template <int L>
 PMQ_INLINE void bwd_unit(const VarlenAttnShape& sh, const float* q, const float* k,
               const float* v, const float* out, const float* dout,
               const float* lse, float* dq, float* dk_out, float* dv_out,
               int64_t dk_heads, int64_t seg, int64_t head, BwdScratch& ws) {
+  using V = typename Vec<L>::f;
   const int64_t dim = sh.head_dim, dp = ws.dp;
   const int64_t kv_head = head / (sh.heads / sh.kv_heads);
   const int64_t dk_head = dk_heads == sh.heads ? head : kv_head;
@@ -461,8 +498,8 @@ PMQ_INLINE void bwd_unit(const VarlenAttnShape& sh, const float* q, const float*
       float* p = ws.p.data();
       float* ds = ws.ds.data();
 
-      gemm(mp, np, dim, qblk, dp, 1, ws.kt.data(), np, p, np, false);
-      gemm(mp, np, dim, doblk, dp, 1, ws.vt.data(), np, ds, np, false);
+      gemm<L>(mp, np, dim, qblk, dp, 1, ws.kt.data(), np, p, np, false);
+      gemm<L>(mp, np, dim, doblk, dp, 1, ws.vt.data(), np, ds, np, false);
       for (int64_t r = 0; r < mp; ++r) {
         float* prow = p + r * np;
         float* dsrow = ds + r * np;
@@ -478,16 +515,16 @@ PMQ_INLINE void bwd_unit(const VarlenAttnShape& sh, const float* q, const float*
         const float row_lse = lse_h[row0 + r];
         const float row_delta = ws.delta[row0 + r];
         std::fill(prow + visible, prow + np, kNegInf);
-        for (int64_t c = 0; c < np; c += kLanes) {
-          const vf pr = vexp(load(prow + c) - row_lse);
+        for (int64_t c = 0; c < np; c += L) {
+          const V pr = vexp(load<L>(prow + c) - row_lse);
           store(prow + c, pr);
-          store(dsrow + c, pr * (load(dsrow + c) - row_delta));
+          store(dsrow + c, pr * (load<L>(dsrow + c) - row_delta));
         }
       }
       // dV += P^T dO, dK += dS^T (scale*Q), dQ += dS K (scaled at the end).
-      gemm(np, dp, m, p, 1, np, doblk, dp, ws.dv.data(), dp, true);
-      gemm(np, dp, m, ds, 1, np, qblk, dp, ws.dk.data(), dp, true);
-      gemm(mp, dp, n, ds, np, 1, ws.kmat.data(), dp, ws.dq.data() + row0 * dp,
+      gemm<L>(np, dp, m, p, 1, np, doblk, dp, ws.dv.data(), dp, true);
+      gemm<L>(np, dp, m, ds, 1, np, qblk, dp, ws.dk.data(), dp, true);
+      gemm<L>(mp, dp, n, ds, np, 1, ws.kmat.data(), dp, ws.dq.data() + row0 * dp,
            dp, true);
     }
     for (int64_t r = 0; r < n; ++r) {
@@ -518,36 +555,36 @@ PMQ_INLINE void decode_group(const float* q, const float* k, const float* v,
   for (int64_t j = 0; j < len; ++j) {
     vf key[kNv];
 #pragma GCC unroll 16
-    for (int x = 0; x < kNv; ++x) key[x] = load(k + j * stride + x * kLanes);
+    for (int x = 0; x < kNv; ++x) key[x] = load<kLanes>(k + j * stride + x * kLanes);
     for (int64_t g = 0; g < group; ++g) {
-      vf acc = load(q + g * dim) * key[0];
+      vf acc = load<kLanes>(q + g * dim) * key[0];
 #pragma GCC unroll 16
-      for (int x = 1; x < kNv; ++x) acc += load(q + g * dim + x * kLanes) * key[x];
+      for (int x = 1; x < kNv; ++x) acc += load<kLanes>(q + g * dim + x * kLanes) * key[x];
       scores[g * len_padded + j] = hsum(acc) * scale;
     }
   }
   for (int64_t g = 0; g < group; ++g) {
     float* s = scores + g * len_padded;
     std::fill(s + len, s + len_padded, kNegInf);  // vexp maps the padding to 0
-    vf vmax_acc = load(s);
+    vf vmax_acc = load<kLanes>(s);
     for (int64_t j = kLanes; j < len_padded; j += kLanes)
-      vmax_acc = vmax(vmax_acc, load(s + j));
+      vmax_acc = vmax(vmax_acc, load<kLanes>(s + j));
     const float row_max = hmax(vmax_acc);
-    vf vsum = splat(0.f);
+    vf vsum = splat<vf>(0.f);
     for (int64_t j = 0; j < len_padded; j += kLanes) {
-      const vf p = vexp(load(s + j) - row_max);
+      const vf p = vexp(load<kLanes>(s + j) - row_max);
       store(s + j, p);
       vsum += p;
     }
     vf acc[kNv];
 #pragma GCC unroll 16
-    for (int x = 0; x < kNv; ++x) acc[x] = splat(0.f);
+    for (int x = 0; x < kNv; ++x) acc[x] = splat<vf>(0.f);
     for (int64_t j = 0; j < len; ++j) {
-      const vf p = splat(s[j]);
+      const vf p = splat<vf>(s[j]);
 #pragma GCC unroll 16
-      for (int x = 0; x < kNv; ++x) acc[x] += p * load(v + j * stride + x * kLanes);
+      for (int x = 0; x < kNv; ++x) acc[x] += p * load<kLanes>(v + j * stride + x * kLanes);
     }
-    const vf inv = splat(1.f / hsum(vsum));
+    const vf inv = splat<vf>(1.f / hsum(vsum));
 #pragma GCC unroll 16
     for (int x = 0; x < kNv; ++x) store(out + g * dim + x * kLanes, acc[x] * inv);
   }
@@ -570,8 +607,23 @@ PMQ_INLINE void decode_attn_kernel(std::integral_constant<int, kNv>,
                         len_padded);
     }
 }
-PMQ_ISA_VARIANTS(fwd_unit)
-PMQ_ISA_VARIANTS(bwd_unit)
+// name_avx512 / name_avx2 / name_baseline as PMQ_ISA_VARIANTS makes them, each
+// running the body with its level's vector width (see Vec).
+#define PMQ_WIDTH_VARIANTS(name)                                 \
+  template <typename... A>                                       \
+  PMQ_TARGET_AVX512 void name##_avx512(A&&... a) {               \
+    name<16>(std::forward<A>(a)...);                             \
+  }                                                              \
+  template <typename... A>                                       \
+  PMQ_TARGET_AVX2 void name##_avx2(A&&... a) {                   \
+    name<8>(std::forward<A>(a)...);                              \
+  }                                                              \
+  template <typename... A>                                       \
+  void name##_baseline(A&&... a) {                               \
+    name<4>(std::forward<A>(a)...);                              \
+  }
+PMQ_WIDTH_VARIANTS(fwd_unit)
+PMQ_WIDTH_VARIANTS(bwd_unit)
 PMQ_ISA_VARIANTS(decode_attn_kernel)
 }  // namespace
 
