@@ -12,7 +12,6 @@ import base64
 import concurrent.futures
 import http.client
 import json
-import os
 import shutil
 import struct
 import threading
@@ -24,31 +23,16 @@ import pytest
 import requests
 
 from helpers.media import http_server, write_video
+from helpers.serving import start_server, stop_server
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, process_vision_info
 from paddlemix_qwen25vl.demo import DEMO_IMAGE, DEMO_IMAGE_2, DEMO_QUESTION
 from paddlemix_qwen25vl.serve import build_parser, create_server
 from paddlemix_qwen25vl.serving.app import ServerSettings, create_app
+from paddlemix_qwen25vl.serving.detokenize import IncrementalDetokenizer
 
 KEY = "test-key"
 MODEL = "tiny"
 MAX_TOKENS = 24
-
-
-def _start(server) -> str:
-    """Run a uvicorn Server in a daemon thread; returns its base URL once it listens."""
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    server.thread = thread
-    return "http://127.0.0.1:%d" % server.servers[0].sockets[0].getsockname()[1]
-
-
-def _stop(server) -> None:
-    server.should_exit = True
-    server.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +55,8 @@ def server(tiny_checkpoint, media_dir):
         "--max_completion_tokens", "256", "--max_request_bytes", "3000000", "--log_level", "warning",
     ])
     uvicorn_server = create_server(args)
-    url = _start(uvicorn_server)
-    deadline = time.time() + 120
-    while requests.get(url + "/health").status_code != 200:
-        assert time.time() < deadline, "the model did not load"
-        time.sleep(0.2)
-    yield url, uvicorn_server
-    _stop(uvicorn_server)
+    yield start_server(uvicorn_server), uvicorn_server
+    stop_server(uvicorn_server)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +105,17 @@ def post(server, body, key=KEY, raw=None):
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     return requests.post(server[0] + "/v1/chat/completions", data=raw if raw is not None else json.dumps(body),
                          headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("stop", [[], ["end"], ["🦜"]])
+def test_incremental_detokenizer_never_splits_a_character(processor, stop):
+    text = "naïve 🙂🦜 語 end"  # the emoji and 語 are split over byte-level tokens
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(processor.tokenizer, stop)
+    pieces = [detokenizer.push(i) for i in ids] + [detokenizer.finish()]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == (text[: text.index(stop[0])] if stop else text)
+    assert detokenizer.stopped == bool(stop)
 
 
 def test_models_health_and_page(server, client):
@@ -179,6 +169,15 @@ def test_stop_strings(client, lone):
     assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
     streamed = chat(client, image_message(data_url(DEMO_IMAGE)), stop=stop, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+
+def test_seeded_sampling_is_reproducible(client):
+    def sample(seed):
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}],
+                                               temperature=1.0, top_p=0.9, seed=seed, max_tokens=12)
+        return reply.choices[0].message.content
+
+    assert sample(7) == sample(7) != sample(8)
 
 
 def test_image_and_video_sources(client, lone, media_dir):
@@ -236,6 +235,7 @@ BAD_REQUESTS = {
     "tools": ({**_user("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported_parameter"),
     "five_stops": ({**_user("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_value"),
     "temperature_high": ({**_user("hi"), "temperature": 3}, 400, "invalid_value"),
+    "negative_seed": ({**_user("hi"), "seed": -1}, 400, "invalid_value"),
     "max_tokens_over_limit": ({**_user("hi"), "max_tokens": 257}, 400, "invalid_value"),
     "unknown_model": ({**_user("hi"), "model": "gpt-9"}, 404, "model_not_found"),
     "broken_base64": (_image("data:image/png;base64,iVBORw0KGgo!!!"), 400, "invalid_media"),
@@ -292,13 +292,13 @@ def test_concurrent_answers_equal_lone_answers(client, lone):
 def test_queue_full_is_429_and_serving_goes_on(client, server):
     def one(_):
         try:
-            return chat(client, [{"role": "user", "content": "Tell me a story."}], max_tokens=64).choices[0].finish_reason
+            return chat(client, [{"role": "user", "content": "Tell me a story."}], max_tokens=48).choices[0].finish_reason
         except openai.RateLimitError as err:
             assert err.status_code == 429 and "busy" in err.message
             return 429
 
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, range(16)))
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:  # 4 decoding + 4 waiting fit, the rest get 429
+        results = list(pool.map(one, range(12)))
     assert 429 in results and "length" in results
     assert chat(client, [{"role": "user", "content": "Hi"}], max_tokens=2).choices[0].finish_reason == "length"
 
@@ -343,7 +343,7 @@ def test_health_and_api_answer_503_while_loading():
 
     app = create_app(ServerSettings(model_name=MODEL), load)
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    url = _start(uvicorn_server)
+    url = start_server(uvicorn_server, load_timeout=None)
     try:
         health = requests.get(url + "/health")
         assert health.status_code == 503 and health.json()["error"]["code"] == "model_loading"
@@ -356,4 +356,4 @@ def test_health_and_api_answer_503_while_loading():
         assert "no weights here" in requests.get(url + "/health").json()["error"]["message"]
     finally:
         release.set()
-        _stop(uvicorn_server)
+        stop_server(uvicorn_server)

@@ -124,7 +124,8 @@ def _sampling(chat: ChatCompletionRequest, prompt_tokens: int, served: ServedMod
 
 
 class _Answer:
-    """One engine request read as text: pieces as they become final, then finish reason and token count."""
+    """One engine request read as text: pieces as they become final, then finish reason and token
+    count (up to the stop string when one ended the answer)."""
 
     def __init__(self, engine_request: EngineRequest, detokenizer: IncrementalDetokenizer) -> None:
         self.request, self.detokenizer = engine_request, detokenizer
@@ -150,6 +151,7 @@ class _Answer:
                     logger.error("generation failed: %r", self.request.error)
                     raise APIError(500, f"generation failed: {self.request.error}", code="generation_failed")
                 self.finish_reason = self.request.finish_reason
+                self.completion_tokens = self.request.completion_tokens  # the eos id included, as generate's output
         finally:
             if not self.request.done:  # stop string, client gone, or an error above
                 self.request.cancel()
@@ -207,6 +209,8 @@ def _routes(app: FastAPI, settings: ServerSettings, state: _State) -> None:
             engine_request = served.engine.submit(inputs, params)
         except QueueFull as err:
             raise APIError(429, f"the server is busy ({err}); retry later", code="queue_full") from None
+        except ValueError as err:  # inputs or settings the engine cannot run
+            raise APIError(400, str(err), code="invalid_value") from None
         answer = _Answer(engine_request, IncrementalDetokenizer(served.processor.tokenizer, chat.stop_strings))
         completion_id = new_completion_id()
         if chat.stream:

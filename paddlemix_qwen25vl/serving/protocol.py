@@ -110,7 +110,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: Optional[float] = Field(default=None, ge=0, le=2)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=0)
     stop: Union[str, List[str], None] = None
     n: Optional[int] = 1
     stream: Optional[bool] = False
