@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEMO_MODEL_NAME!r} for the demo)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="bfloat16 and float16 fall back to float32 on CPU")
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="as the inference scripts' --dtype")
     parser.add_argument("--attn_implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
     parser.add_argument("--min_pixels", type=int, default=None, help="per-image pixel budget of the processor (default: its own)")
