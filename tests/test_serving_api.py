@@ -303,7 +303,8 @@ def test_queue_full_is_429_and_serving_goes_on(client, server):
     assert chat(client, [{"role": "user", "content": "Hi"}], max_tokens=2).choices[0].finish_reason == "length"
 
 
-def test_client_disconnect_cancels_its_request(server):
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+def test_client_disconnect_cancels_its_request(server, stream):
     engine = server[1].config.app.state.server.served.engine
     submitted = []
     original = engine.submit
@@ -316,11 +317,17 @@ def test_client_disconnect_cancels_its_request(server):
     try:
         host, port = server[0][len("http://"):].split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        body = json.dumps({**_user("Tell me a story."), "max_tokens": 256, "stream": True, "temperature": 0})
+        body = json.dumps({**_user("Tell me a story."), "max_tokens": 256, "stream": stream, "temperature": 0})
         connection.request("POST", "/v1/chat/completions", body=body,
                            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-        response = connection.getresponse()
-        assert response.status == 200 and response.readline().startswith(b"data: ")
+        if stream:
+            response = connection.getresponse()
+            assert response.status == 200 and response.readline().startswith(b"data: ")
+        else:  # leave once the request is running
+            deadline = time.time() + 30
+            while not (submitted and submitted[0].output_tokens):
+                assert time.time() < deadline, "the request did not start"
+                time.sleep(0.01)
         connection.sock.shutdown(2)
         connection.close()
         deadline = time.time() + 30

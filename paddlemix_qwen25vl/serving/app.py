@@ -4,8 +4,8 @@
 The model loads in a background thread when the app starts (``/health`` and the API answer
 503 until it is ready). Each chat request is parsed (:mod:`.protocol`), turned into model
 inputs off the event loop (:mod:`.prompt`), submitted to the engine, and its tokens are
-detokenised as they arrive (:mod:`.detokenize`). A streamed request whose client goes away is
-cancelled in the engine.
+detokenised as they arrive (:mod:`.detokenize`). A request whose client goes away is cancelled
+in the engine (streamed: at its next event; plain: within DISCONNECT_POLL_SECONDS).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = ["ServerSettings", "ServedModel", "create_app"]
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # package data: ships in the wheel
+DISCONNECT_POLL_SECONDS = 0.25  # how often a non-streamed request checks that its client is still there
 PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # the page itself holds no data; its API calls need the key
 
 
@@ -157,6 +158,20 @@ class _Answer:
                 self.request.cancel()
 
 
+async def _collect(answer: _Answer, request: Request) -> str:
+    """The whole text of a non-streamed answer; the engine request is cancelled if the client goes away."""
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+        answer.request.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return "".join([piece async for piece in answer.pieces()])
+    finally:
+        watcher.cancel()
+
+
 def _sse(data: Dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -216,7 +231,7 @@ def _routes(app: FastAPI, settings: ServerSettings, state: _State) -> None:
         if chat.stream:
             events = _stream(answer, completion_id, settings.model_name, prompt_tokens, chat.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = "".join([piece async for piece in answer.pieces()])
+        text = await _collect(answer, request)
         usage = usage_body(prompt_tokens, answer.completion_tokens)
         return JSONResponse(completion_body(completion_id, settings.model_name, text, answer.finish_reason, usage))
 
