@@ -1,12 +1,16 @@
 """Weight-only bfloat16 / int8 / int4 weights: the formats against a numpy reference of their
-formulas, and the linear / embedding products against float64 numpy."""
+formulas, and the linear / embedding products (pure-paddle fallback and compiled CPU kernels at
+every instruction-set level this CPU runs) against float64 numpy."""
 from __future__ import annotations
 
 import numpy as np
 import paddle
 import pytest
 
+from paddlemix_qwen25vl.ops import weight_only
+from paddlemix_qwen25vl.ops.loader import get_ops
 from paddlemix_qwen25vl.ops.weight_only import (
+    GEMV_MAX_ROWS,
     INT4_GROUP,
     WEIGHT_KINDS,
     dequantize_weight,
@@ -14,6 +18,8 @@ from paddlemix_qwen25vl.ops.weight_only import (
     weight_only_embedding,
     weight_only_linear,
 )
+
+pytestmark = pytest.mark.usefixtures("custom_ops")  # the kernel tests run the compiled operators
 
 QUANT_KINDS = ("weight_only_int8", "weight_only_int4")
 
@@ -84,9 +90,19 @@ def test_bfloat16_is_a_cast():
     np.testing.assert_array_equal(dequantize_weight(qweight, None, "bfloat16").numpy(), want)
 
 
+def _float32_error_bound(x: np.ndarray, qweight, scales, kind: str) -> np.ndarray:
+    """2e-6 (16 float32 epsilons) of sum_k |x_k| (|w_k| + o_k): o_k = 8 s_k for int4, whose kernel
+    sums nibbles unscaled and subtracts 8 * sum(x) per group; 0 otherwise."""
+    magnitude = np.abs(dequantize_weight(qweight, scales, kind).numpy().astype(np.float64))
+    if kind == "weight_only_int4":
+        magnitude += 8 * np.repeat(scales.numpy().astype(np.float64), INT4_GROUP, axis=1)[:, : magnitude.shape[1]]
+    return 2e-6 * np.abs(x.astype(np.float64)) @ magnitude.T + 1e-6
+
+
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
 @pytest.mark.parametrize("m", [1, 3, 17])
-def test_linear_and_embedding_fallback(kind, m):
+def test_linear_and_embedding_fallback(kind, m, monkeypatch):
+    monkeypatch.setattr(weight_only, "weight_only_ops_available", lambda: False)
     n, k = 37, 300
     rng = np.random.default_rng(1)
     w = _weight(n, k)
@@ -113,3 +129,40 @@ def test_bad_inputs_name_the_problem():
         dequantize_weight(qweight, scales[:, :1], "weight_only_int4")
     with pytest.raises(ValueError, match=r"x must be float32 \[\.\.\., 256\]"):
         weight_only_linear(paddle.zeros([2, 128]), qweight, scales, None, "weight_only_int4")
+
+
+# in = 300: not a multiple of 128, 32 or 16 (int4: a 44-input last group); out = 37 and 6: not
+# multiples of the 4-row tiles or the 32-row tasks.
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+@pytest.mark.parametrize("n, k", [(37, 300), (6, 2050)])
+def test_kernels_match_float64(cpu_level, kind, n, k):
+    assert weight_only.weight_only_ops_available()
+    rng = np.random.default_rng(2)
+    qweight, scales = quantize_weight(paddle.to_tensor(_weight(n, k)), kind)
+    w_hat = dequantize_weight(qweight, scales, kind).numpy().astype(np.float64)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for m in (1, 3, 17, GEMV_MAX_ROWS + 1):  # 17: four 4-row blocks and one row left over
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        want = x.astype(np.float64) @ w_hat.T + bias
+        bound = _float32_error_bound(x, qweight, scales, kind)
+        got = get_ops().qwen25vl_weight_only_linear(paddle.to_tensor(x), qweight, scales, paddle.to_tensor(bias))
+        assert np.all(np.abs(got.numpy() - want) <= bound), (m, np.abs(got.numpy() - want).max())
+        wrapped = weight_only_linear(paddle.to_tensor(x)[None], qweight, scales, paddle.to_tensor(bias), kind)
+        assert np.all(np.abs(wrapped.numpy()[0] - want) <= bound), m  # the last M: dequantise + matmul
+    ids = np.array([[n - 1, 0], [2, 2]], np.int64)
+    rows = weight_only_embedding(paddle.to_tensor(ids), qweight, scales, kind)
+    np.testing.assert_array_equal(rows.numpy(), w_hat[ids].astype(np.float32))
+
+
+def test_large_m_takes_the_dequantized_matmul(monkeypatch):
+    calls = []
+    monkeypatch.setattr(weight_only, "dequantized_matmul", lambda *args: calls.append(args[0].shape) or args[0][:, :4])
+    qweight, scales = quantize_weight(paddle.to_tensor(_weight(4, 64)), "weight_only_int8")
+    weight_only_linear(paddle.ones([2, GEMV_MAX_ROWS, 64]), qweight, scales, None, "weight_only_int8")
+    assert calls == [[2 * GEMV_MAX_ROWS, 64]]
+
+
+def test_kernel_rejects_an_out_of_range_row():
+    qweight, scales = quantize_weight(paddle.to_tensor(_weight(4, 64)), "weight_only_int8")
+    with pytest.raises(Exception, match=r"row id 4 is outside \[0, 4\)"):
+        weight_only_embedding(paddle.to_tensor([4]), qweight, scales, "weight_only_int8")

@@ -42,6 +42,11 @@ WEIGHT_KINDS = ("bfloat16", "weight_only_int8", "weight_only_int4")
 INT4_GROUP = 128  # inputs sharing one int4 scale
 INT8_MAX, INT4_MAX, INT4_MIN = 127, 7, -8
 INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
+# Up to this many activation rows the kernel reads the quantised weight directly; beyond,
+# dequantising tiles for MKL's GEMM is faster (the crossover measured between 32 and 64 rows:
+# benchmarks/bench_weight_only.py --prefill).
+GEMV_MAX_ROWS = 32
+DEQUANT_TILE = 1 << 22  # weight elements dequantised at once on the large-M path (16 MiB)
 
 
 def _check_kind(kind: str) -> None:
@@ -127,9 +132,33 @@ def weight_only_ops_available() -> bool:
     return ops is not None and hasattr(ops, "qwen25vl_weight_only_linear")
 
 
+def _kernels_apply(x: paddle.Tensor, qweight: paddle.Tensor) -> bool:
+    """The compiled kernels run CPU tensors that need no gradient (they have no backward)."""
+    no_grad = x.stop_gradient or not paddle.is_grad_enabled()
+    return weight_only_ops_available() and x.place.is_cpu_place() and qweight.place.is_cpu_place() and no_grad
+
+
+def dequantized_matmul(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
+                       bias: paddle.Tensor | None, kind: str) -> paddle.Tensor:
+    """``x [M, K] @ W^T + bias`` with the compiled kernels: W dequantised DEQUANT_TILE elements
+    at a time, each tile multiplied by MKL (the large-M path: GEMM, not bandwidth, bound)."""
+    ops = get_ops()
+    n, k = qweight.shape[0], in_features(qweight, kind)
+    step = max(1, DEQUANT_TILE // k)
+    tiles = []
+    for start in range(0, n, step):
+        ids = paddle.arange(start, min(n, start + step), dtype="int64")
+        tiles.append(paddle.matmul(x, ops.qwen25vl_weight_only_rows(qweight, scales, ids), transpose_y=True))
+    out = tiles[0] if len(tiles) == 1 else paddle.concat(tiles, axis=-1)
+    return out if bias is None else out + bias
+
+
 def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
                        bias: paddle.Tensor | None, kind: str) -> paddle.Tensor:
-    """``x @ W^T + bias`` for float32 x ``[..., K]`` and the quantised W ``[N, K]``: ``[..., N]`` float32."""
+    """``x @ W^T + bias`` for float32 x ``[..., K]`` and the quantised W ``[N, K]``: ``[..., N]`` float32.
+
+    Compiled kernels: M <= GEMV_MAX_ROWS rows read the quantised weight directly (decode),
+    more rows go through :func:`dequantized_matmul` (prefill)."""
     _check_quantized(qweight, scales, kind)
     k = in_features(qweight, kind)
     if x.shape[-1] != k or x.dtype != paddle.float32:
@@ -137,8 +166,15 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.
                          f"({kind}), got {x.dtype} {list(x.shape)}")
     if bias is not None and (list(bias.shape) != [qweight.shape[0]] or bias.dtype != paddle.float32):
         raise ValueError(f"weight_only_linear: bias must be float32 [{qweight.shape[0]}], got {bias.dtype} {list(bias.shape)}")
-    out = paddle.matmul(x, _dequantize_rows(qweight, scales, kind), transpose_y=True)
-    return out if bias is None else out + bias
+    if not _kernels_apply(x, qweight):
+        out = paddle.matmul(x, _dequantize_rows(qweight, scales, kind), transpose_y=True)
+        return out if bias is None else out + bias
+    rows = x.reshape([-1, k])  # [M, K]
+    if rows.shape[0] <= GEMV_MAX_ROWS:
+        out = get_ops().qwen25vl_weight_only_linear(rows, qweight, scales, bias)
+    else:
+        out = dequantized_matmul(rows, qweight, scales, bias, kind)
+    return out.reshape([*x.shape[:-1], qweight.shape[0]])
 
 
 def weight_only_embedding(ids: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
@@ -148,6 +184,8 @@ def weight_only_embedding(ids: paddle.Tensor, qweight: paddle.Tensor, scales: pa
     if ids.dtype != paddle.int64:
         raise ValueError(f"weight_only_embedding: ids must be int64, got {ids.dtype}")
     flat = ids.reshape([-1])
-    rows = paddle.gather(qweight, flat)
-    row_scales = None if scales is None else paddle.gather(scales, flat)
-    return _dequantize_rows(rows, row_scales, kind).reshape([*ids.shape, in_features(qweight, kind)])
+    if weight_only_ops_available() and ids.place.is_cpu_place() and qweight.place.is_cpu_place():
+        rows = get_ops().qwen25vl_weight_only_rows(qweight, scales, flat)
+    else:
+        rows = _dequantize_rows(paddle.gather(qweight, flat), None if scales is None else paddle.gather(scales, flat), kind)
+    return rows.reshape([*ids.shape, in_features(qweight, kind)])

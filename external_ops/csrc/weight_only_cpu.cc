@@ -1,0 +1,266 @@
+// Weight-only linear and row gather on the CPU: float32 activations against
+// bfloat16 / int8 / packed int4 weights, read as stored (no float32 copy).
+//
+// Operators (formats: paddlemix_qwen25vl/ops/weight_only.py; all weights are
+// output-major [N, K]; the weight kind follows from the qweight dtype):
+//   qwen25vl_weight_only_linear(x [M, K] f32, qweight, scales?, bias? [N])
+//       -> [M, N] f32 = x W^T + bias, float32 accumulation.
+//   qwen25vl_weight_only_rows(qweight, scales?, ids [R] int64)
+//       -> [R, K] f32: the dequantised rows ids (embedding lookup; the whole
+//       weight, tile by tile, for prefill, where MKL's GEMM then does better).
+//
+// The linear is for decode (small M): one pass over the weights, memory
+// bandwidth bound, so the weights are widened to float in registers right
+// after they are loaded (weight_only_kernels.h, one copy per ISA level).
+// OpenMP splits the output rows into 32-row tasks; a thread multiplies tiles
+// of up to 4 weight rows x 4 activation rows while those rows are in L1.
+// Int4: element 2j sits in the low nibble of byte j and 2j+1 in the high one;
+// instead of interleaving the nibbles per weight, the activations are split
+// once per call into even and odd halves (low nibbles multiply the even half,
+// high nibbles the odd one), and nibbles are summed unscaled per 128-group as
+// sum(nibble * x) - 8 * sum(x), one scale multiply per group.
+// Float, not llama.cpp's integer dot products on an int8-quantised
+// activation: those add an activation rounding error (~0.4% per 32-block)
+// that the float path does not have. Measured on a loaded shared machine
+// (benchmarks/results/weight_only.json) int8 / int4 decode are not yet at
+// the bandwidth limit; the integer path is the next thing to try for them.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_isa.h"
+#include "paddle/extension.h"
+
+#ifdef PMQ_X86_ISAS
+#include <immintrin.h>
+#endif
+
+namespace pmq_ops {
+namespace {
+
+constexpr int64_t kInt4Group = 128; // inputs per int4 scale
+constexpr int64_t kInt4GroupBytes = kInt4Group / 2;
+constexpr int kMaxRows = 4;         // activation rows per pass over a weight row
+constexpr int64_t kRowsPerTask = 32;  // output rows per OpenMP task
+
+enum class Kind { kBf16, kInt8, kInt4 };
+
+// One quantised weight [n, k]; scales [n] (int8), [n, groups] (int4) or null.
+struct Weights {
+  Kind kind;
+  const void* data;
+  const float* scales;
+  int64_t n, k;
+  int64_t groups() const { return (k + kInt4Group - 1) / kInt4Group; }
+};
+
+PMQ_INLINE float bf16_to_float(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Activations as the kernels read them: x itself, or for int4 its even and
+// odd elements (xe, xo: [m, k/2] each) and its sums per 128-input group
+// (xsum: [m, groups]).
+struct Activations {
+  const float* x;
+  const float* xe;
+  const float* xo;
+  const float* xsum;
+  int64_t m;
+};
+
+// out [k] = float32 weights of row n (plain loops: GCC vectorises them).
+PMQ_INLINE void dequantize_row(const Weights& w, int64_t n, float* out) {
+  switch (w.kind) {
+    case Kind::kBf16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + n * w.k;
+      for (int64_t i = 0; i < w.k; ++i) out[i] = bf16_to_float(p[i]);
+      break;
+    }
+    case Kind::kInt8: {
+      const int8_t* p = static_cast<const int8_t*>(w.data) + n * w.k;
+      const float s = w.scales[n];
+      for (int64_t i = 0; i < w.k; ++i) out[i] = float(p[i]) * s;
+      break;
+    }
+    case Kind::kInt4: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * (w.k / 2);
+      const float* scales = w.scales + n * w.groups();
+      for (int64_t g0 = 0; g0 < w.k / 2; g0 += kInt4GroupBytes) {
+        const int64_t g1 = std::min(g0 + kInt4GroupBytes, w.k / 2);
+        const float s = scales[g0 / kInt4GroupBytes];
+        for (int64_t j = g0; j < g1; ++j) {
+          out[2 * j] = float((p[j] & 15) - 8) * s;
+          out[2 * j + 1] = float((p[j] >> 4) - 8) * s;
+        }
+      }
+      break;
+    }
+  }
+}
+
+PMQ_INLINE void dequantize_rows(const Weights& w, const int64_t* ids, float* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, ids[r], out + r * w.k);
+}
+
+PMQ_ISA_VARIANTS(dequantize_rows)
+
+}  // namespace
+}  // namespace pmq_ops
+
+// linear_rows_baseline / _avx2 / _avx512: the decode kernels per level.
+#define PMQ_WO_LANES 4
+#define PMQ_WO_NS baseline_lanes
+#define PMQ_WO_ENTRY linear_rows_baseline
+#include "weight_only_kernels.h"
+#undef PMQ_WO_LANES
+#undef PMQ_WO_NS
+#undef PMQ_WO_ENTRY
+#ifdef PMQ_X86_ISAS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define PMQ_WO_LANES 8
+#define PMQ_WO_NS avx2_lanes
+#define PMQ_WO_ENTRY linear_rows_avx2
+#include "weight_only_kernels.h"
+#undef PMQ_WO_LANES
+#undef PMQ_WO_NS
+#undef PMQ_WO_ENTRY
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#define PMQ_WO_LANES 16
+#define PMQ_WO_NS avx512_lanes
+#define PMQ_WO_ENTRY linear_rows_avx512
+#include "weight_only_kernels.h"
+#undef PMQ_WO_LANES
+#undef PMQ_WO_NS
+#undef PMQ_WO_ENTRY
+#pragma GCC pop_options
+#else  // one portable copy serves every level
+namespace pmq_ops {
+namespace {
+template <typename... A>
+void linear_rows_avx2(A&&... a) { linear_rows_baseline(std::forward<A>(a)...); }
+template <typename... A>
+void linear_rows_avx512(A&&... a) { linear_rows_baseline(std::forward<A>(a)...); }
+}  // namespace
+}  // namespace pmq_ops
+#endif
+
+namespace pmq_ops {
+namespace {
+
+// The weight description of (qweight, scales), checked.
+Weights make_weights(const paddle::Tensor& qweight, const paddle::optional<paddle::Tensor>& scales) {
+  PD_CHECK(qweight.is_cpu() && qweight.shape().size() == 2, "qweight must be a 2-D CPU tensor");
+  PD_CHECK(qweight.is_contiguous(), "qweight must be contiguous");
+  Weights w;
+  w.n = qweight.shape()[0];
+  w.k = qweight.shape()[1];
+  w.data = qweight.data();
+  w.scales = nullptr;
+  int64_t scale_count = 0;
+  switch (qweight.dtype()) {
+    case paddle::DataType::BFLOAT16: w.kind = Kind::kBf16; break;
+    case paddle::DataType::INT8: w.kind = Kind::kInt8; scale_count = w.n; break;
+    case paddle::DataType::UINT8:
+      w.kind = Kind::kInt4;
+      w.k *= 2;
+      scale_count = w.n * w.groups();
+      break;
+    default: PD_THROW("qweight must be bfloat16, int8 or uint8 (packed int4)");
+  }
+  if (scale_count > 0) {
+    PD_CHECK(scales.is_initialized(), "int8 / int4 weights need their scales");
+    const paddle::Tensor& s = scales.get();
+    PD_CHECK(s.is_cpu() && s.dtype() == paddle::DataType::FLOAT32 && s.is_contiguous() &&
+                 s.numel() == scale_count,
+             "scales must be contiguous float32 with one value per row (int8) or per 128-input group (int4)");
+    w.scales = s.data<float>();
+  }
+  return w;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, const paddle::Tensor& qweight,
+                                                    const paddle::optional<paddle::Tensor>& scales,
+                                                    const paddle::optional<paddle::Tensor>& bias) {
+  const Weights w = make_weights(qweight, scales);
+  const paddle::Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2 && x.shape()[1] == w.k,
+           "x must be a float32 [M, K] CPU tensor with K = the weight's input size");
+  const float* bias_data = nullptr;
+  if (bias.is_initialized()) {
+    PD_CHECK(bias.get().dtype() == paddle::DataType::FLOAT32 && bias.get().numel() == w.n && bias.get().is_contiguous(),
+             "bias must be contiguous float32 [N]");
+    bias_data = bias.get().data<float>();
+  }
+  Activations a{x.data<float>(), nullptr, nullptr, nullptr, x.shape()[0]};
+  std::vector<float> split;
+  if (w.kind == Kind::kInt4) {  // xe, xo [m, k/2] and xsum [m, groups]
+    const int64_t kh = w.k / 2, groups = w.groups();
+    split.assign(a.m * (2 * kh + groups), 0.f);
+    float* xe = split.data();
+    float* xo = xe + a.m * kh;
+    float* xsum = xo + a.m * kh;
+    for (int64_t i = 0; i < a.m * kh; ++i) {
+      xe[i] = a.x[2 * i];
+      xo[i] = a.x[2 * i + 1];
+      xsum[i / kh * groups + i % kh / kInt4GroupBytes] += xe[i] + xo[i];
+    }
+    a.xe = xe;
+    a.xo = xo;
+    a.xsum = xsum;
+  }
+  paddle::Tensor out = paddle::empty({a.m, w.n}, paddle::DataType::FLOAT32, x.place());
+  float* out_data = out.data<float>();
+  const Isa isa = cpu_isa();
+  const int64_t tasks = (w.n + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t n1 = std::min(w.n, (t + 1) * kRowsPerTask);
+    PMQ_CALL_ISA(isa, linear_rows, w, a, bias_data, out_data, t * kRowsPerTask, n1);
+  }
+  return {out};
+}
+
+std::vector<paddle::Tensor> WeightOnlyRowsForward(const paddle::Tensor& qweight,
+                                                  const paddle::optional<paddle::Tensor>& scales,
+                                                  const paddle::Tensor& ids_in) {
+  const Weights w = make_weights(qweight, scales);
+  const paddle::Tensor ids = ids_in.is_contiguous() ? ids_in : ids_in.contiguous();
+  PD_CHECK(ids.is_cpu() && ids.dtype() == paddle::DataType::INT64 && ids.shape().size() == 1,
+           "ids must be a 1-D int64 CPU tensor");
+  const int64_t rows = ids.shape()[0];
+  const int64_t* id = ids.data<int64_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    PD_CHECK(id[r] >= 0 && id[r] < w.n, "row id ", id[r], " is outside [0, ", w.n, ")");
+  paddle::Tensor out = paddle::empty({rows, w.k}, paddle::DataType::FLOAT32, qweight.place());
+  float* out_data = out.data<float>();
+  const Isa isa = cpu_isa();
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t r1 = std::min(rows, (t + 1) * kRowsPerTask);
+    PMQ_CALL_ISA(isa, dequantize_rows, w, id, out_data, t * kRowsPerTask, r1);
+  }
+  return {out};
+}
+
+}  // namespace pmq_ops
+
+PD_BUILD_OP(qwen25vl_weight_only_linear)
+    .Inputs({"x", "qweight", paddle::Optional("scales"), paddle::Optional("bias")})
+    .Outputs({"out"})
+    .SetKernelFn(PD_KERNEL(pmq_ops::WeightOnlyLinearForward));
+
+PD_BUILD_OP(qwen25vl_weight_only_rows)
+    .Inputs({"qweight", paddle::Optional("scales"), "ids"})
+    .Outputs({"out"})
+    .SetKernelFn(PD_KERNEL(pmq_ops::WeightOnlyRowsForward));

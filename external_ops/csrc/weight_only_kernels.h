@@ -1,0 +1,251 @@
+// The decode kernels of weight_only_cpu.cc at one vector width: included once
+// per instruction-set level, under `#pragma GCC target` for the AVX2 and
+// AVX-512 copies, with
+//   PMQ_WO_LANES  floats per vector (16 AVX-512, 8 AVX2, 4 baseline)
+//   PMQ_WO_NS     a namespace of its own for this copy
+//   PMQ_WO_ENTRY  the entry point's name, linear_rows_<level>
+// A pragma rather than per-function target attributes because the widening
+// loads are intrinsics, and GCC inlines an AVX2 intrinsic only into functions
+// compiled for AVX2: so every helper between the entry and the intrinsic must
+// be, too. No include guard: included three times on purpose.
+//
+// Lanes: PMQ_WO_LANES-float vectors and the loads that widen stored weights to
+// floats. GCC's __builtin_convertvector widens bytes lane by lane (pinsrd), so
+// the AVX2 / AVX-512 copies use pmovsx/pmovzx intrinsics; the baseline keeps
+// the portable vector extensions.
+
+namespace pmq_ops {
+namespace {
+namespace PMQ_WO_NS {
+
+template <int W>
+struct Lanes;
+
+#if PMQ_WO_LANES == 16
+template <>
+struct Lanes<16> {  // AVX-512
+  typedef __m512 vf;
+  static PMQ_INLINE vf load(const float* p) { return _mm512_loadu_ps(p); }
+  static PMQ_INLINE vf bf16(const uint16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static PMQ_INLINE vf int8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static PMQ_INLINE void nibbles(const uint8_t* p, vf& lo, vf& hi) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+  }
+};
+#elif PMQ_WO_LANES == 8
+template <>
+struct Lanes<8> {  // AVX2
+  typedef __m256 vf;
+  static PMQ_INLINE vf load(const float* p) { return _mm256_loadu_ps(p); }
+  static PMQ_INLINE vf bf16(const uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static PMQ_INLINE vf int8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static PMQ_INLINE void nibbles(const uint8_t* p, vf& lo, vf& hi) {
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(15)));
+    hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4));
+  }
+};
+#else
+template <>
+struct Lanes<4> {  // baseline: SSE2 on x86-64, any target elsewhere
+  typedef float vf __attribute__((vector_size(16)));
+  typedef float vf_u __attribute__((vector_size(16), aligned(4)));
+  typedef int32_t vi __attribute__((vector_size(16)));
+  typedef uint32_t vu __attribute__((vector_size(16)));
+  typedef int8_t vb_u __attribute__((vector_size(4), aligned(1)));
+  typedef uint8_t vub_u __attribute__((vector_size(4), aligned(1)));
+  typedef uint16_t vh_u __attribute__((vector_size(8), aligned(2)));
+  static PMQ_INLINE vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+  static PMQ_INLINE vf bf16(const uint16_t* p) {
+    return (vf)(__builtin_convertvector(*reinterpret_cast<const vh_u*>(p), vu) << 16);
+  }
+  static PMQ_INLINE vf int8(const int8_t* p) {
+    return __builtin_convertvector(__builtin_convertvector(*reinterpret_cast<const vb_u*>(p), vi), vf);
+  }
+  // 4 bytes -> their low nibbles (lo) and high nibbles (hi) as floats.
+  static PMQ_INLINE void nibbles(const uint8_t* p, vf& lo, vf& hi) {
+    const vi bytes = __builtin_convertvector(*reinterpret_cast<const vub_u*>(p), vi);
+    lo = __builtin_convertvector(bytes & 15, vf);
+    hi = __builtin_convertvector(bytes >> 4, vf);
+  }
+};
+#endif
+
+template <typename V>
+PMQ_INLINE float hsum(V x) {
+  float s = 0.f;
+  for (int i = 0; i < int(sizeof(V) / sizeof(float)); ++i) s += x[i];
+  return s;
+}
+
+// Weight rows as float vectors: bfloat16 is the top half of a float32; int8
+// is converted unscaled (its one scale per row is applied to the sum).
+template <int W>
+struct Bf16Row {
+  const uint16_t* p;
+  PMQ_INLINE typename Lanes<W>::vf vec(int64_t i) const { return Lanes<W>::bf16(p + i); }
+  PMQ_INLINE float one(int64_t i) const { return bf16_to_float(p[i]); }
+};
+template <int W>
+struct Int8Row {
+  const int8_t* p;
+  PMQ_INLINE typename Lanes<W>::vf vec(int64_t i) const { return Lanes<W>::int8(p + i); }
+  PMQ_INLINE float one(int64_t i) const { return float(p[i]); }
+};
+
+// Weight rows per tile for R activation rows: NB x R accumulators (4) keep
+// enough FMA chains in flight and give the prefetchers NB streams at once.
+constexpr int tile_rows(int r) { return r == 1 ? 4 : r == 2 ? 2 : 1; }
+
+// sums[b][r] = w_b . x_r for NB weight rows and R activation rows ldx apart.
+template <int W, int NB, int R, typename Row>
+PMQ_INLINE void dot_tile(const Row (&w)[NB], const float* x, int64_t ldx, int64_t k, float (&sums)[NB][R]) {
+  typedef Lanes<W> L;
+  typename L::vf acc[NB][R] = {};
+  int64_t i = 0;
+  for (; i + W <= k; i += W) {
+    typename L::vf xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = L::load(x + r * ldx + i);
+    for (int b = 0; b < NB; ++b) {
+      const typename L::vf wv = w[b].vec(i);
+      for (int r = 0; r < R; ++r) acc[b][r] += wv * xv[r];
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r) {
+      float s = hsum(acc[b][r]);
+      for (int64_t j = i; j < k; ++j) s += w[b].one(j) * x[r * ldx + j];
+      sums[b][r] = s;
+    }
+}
+
+// Int4 rows p[b] (k/2 bytes each, group scales sc[b]) against activations
+// split into even / odd halves xe, xo (ldh apart): sums[b][r] = w_b . x_r.
+// Nibbles are summed unscaled per group, as sum(nibble * x) - 8 * sum(x)
+// (xsum: the activation's group sums), then scaled once per group.
+template <int W, int NB, int R>
+PMQ_INLINE void dot_tile_int4(const uint8_t* const (&p)[NB], const float* const (&sc)[NB], const float* xe,
+                              const float* xo, const float* xsum, int64_t ldh, int64_t groups,
+                              int64_t kh, float (&sums)[NB][R]) {
+  typedef Lanes<W> L;
+  typename L::vf acc[NB][R] = {};
+  float scalar[NB][R] = {};  // ragged ends and the -8 offsets, already scaled
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t j0 = g * kInt4GroupBytes, j1 = std::min(j0 + kInt4GroupBytes, kh);
+    typename L::vf part[NB][R] = {};
+    int64_t j = j0;
+#pragma GCC unroll 2
+    for (; j + W <= j1; j += W) {
+      typename L::vf ev[R], ov[R];
+      for (int r = 0; r < R; ++r) ev[r] = L::load(xe + r * ldh + j), ov[r] = L::load(xo + r * ldh + j);
+      for (int b = 0; b < NB; ++b) {
+        typename L::vf lo, hi;
+        L::nibbles(p[b] + j, lo, hi);
+        for (int r = 0; r < R; ++r) part[b][r] += lo * ev[r] + hi * ov[r];
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const float s = sc[b][g];
+      for (int r = 0; r < R; ++r) {
+        float ragged = 0.f;
+        for (int64_t t = j; t < j1; ++t)
+          ragged += float(p[b][t] & 15) * xe[r * ldh + t] + float(p[b][t] >> 4) * xo[r * ldh + t];
+        acc[b][r] += part[b][r] * s;
+        scalar[b][r] += s * (ragged - 8.f * xsum[r * groups + g]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r) sums[b][r] = hsum(acc[b][r]) + scalar[b][r];
+}
+
+// out[m0 + r, n + b] for NB weight rows from n and R activation rows from m0.
+template <int W, int NB, int R>
+PMQ_INLINE void tile(const Weights& w, const Activations& a, int64_t m0, int64_t n,
+                     const float* bias, float* out) {
+  float sums[NB][R];
+  switch (w.kind) {
+    case Kind::kBf16: {
+      Bf16Row<W> rows[NB];
+      for (int b = 0; b < NB; ++b) rows[b].p = static_cast<const uint16_t*>(w.data) + (n + b) * w.k;
+      dot_tile<W, NB, R>(rows, a.x + m0 * w.k, w.k, w.k, sums);
+      break;
+    }
+    case Kind::kInt8: {
+      Int8Row<W> rows[NB];
+      for (int b = 0; b < NB; ++b) rows[b].p = static_cast<const int8_t*>(w.data) + (n + b) * w.k;
+      dot_tile<W, NB, R>(rows, a.x + m0 * w.k, w.k, w.k, sums);
+      for (int b = 0; b < NB; ++b)
+        for (int r = 0; r < R; ++r) sums[b][r] *= w.scales[n + b];
+      break;
+    }
+    case Kind::kInt4: {
+      const int64_t kh = w.k / 2, groups = w.groups();
+      const uint8_t* rows[NB];
+      const float* scales[NB];
+      for (int b = 0; b < NB; ++b) {
+        rows[b] = static_cast<const uint8_t*>(w.data) + (n + b) * kh;
+        scales[b] = w.scales + (n + b) * groups;
+      }
+      dot_tile_int4<W, NB, R>(rows, scales, a.xe + m0 * kh, a.xo + m0 * kh, a.xsum + m0 * groups, kh,
+                              groups, kh, sums);
+      break;
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r) out[(m0 + r) * w.n + n + b] = sums[b][r] + (bias != nullptr ? bias[n + b] : 0.f);
+}
+
+// Weight rows [n, n + NB) against R activation rows from m0, as tiles of
+// tile_rows(R) weight rows (NB is 1 or a multiple of them).
+template <int W, int NB, int R>
+PMQ_INLINE void rows_against(const Weights& w, const Activations& a, int64_t m0, int64_t n, const float* bias,
+                             float* out) {
+  constexpr int TB = std::min(NB, tile_rows(R));
+  for (int b = 0; b < NB; b += TB) tile<W, TB, R>(w, a, m0, n + b, bias, out);
+}
+
+// Weight rows [n, n + NB) against every activation row, kMaxRows at a time.
+template <int W, int NB>
+PMQ_INLINE void rows_against_all(const Weights& w, const Activations& a, int64_t n, const float* bias, float* out) {
+  int64_t m0 = 0;
+  for (; m0 + kMaxRows <= a.m; m0 += kMaxRows) rows_against<W, NB, kMaxRows>(w, a, m0, n, bias, out);
+  switch (a.m - m0) {
+    case 3: rows_against<W, NB, 3>(w, a, m0, n, bias, out); break;
+    case 2: rows_against<W, NB, 2>(w, a, m0, n, bias, out); break;
+    case 1: rows_against<W, NB, 1>(w, a, m0, n, bias, out); break;
+    default: break;
+  }
+}
+
+// Output rows [n0, n1) of out [m, n] for every activation row, W-float vectors.
+template <int W>
+PMQ_INLINE void linear_rows(const Weights& w, const Activations& a, const float* bias,
+                            float* out, int64_t n0, int64_t n1) {
+  constexpr int NB = tile_rows(1);
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) rows_against_all<W, NB>(w, a, n, bias, out);
+  for (; n < n1; ++n) rows_against_all<W, 1>(w, a, n, bias, out);
+}
+
+}  // namespace PMQ_WO_NS
+
+template <typename... A>
+void PMQ_WO_ENTRY(A&&... a) {
+  PMQ_WO_NS::linear_rows<PMQ_WO_LANES>(std::forward<A>(a)...);
+}
+
+}  // namespace
+}  // namespace pmq_ops
