@@ -73,73 +73,39 @@ struct Activations {
   int64_t m;
 };
 
-// out [k] = float32 weights of row n (plain loops: GCC vectorises them).
-PMQ_INLINE void dequantize_row(const Weights& w, int64_t n, float* out) {
-  switch (w.kind) {
-    case Kind::kBf16: {
-      const uint16_t* p = static_cast<const uint16_t*>(w.data) + n * w.k;
-      for (int64_t i = 0; i < w.k; ++i) out[i] = bf16_to_float(p[i]);
-      break;
-    }
-    case Kind::kInt8: {
-      const int8_t* p = static_cast<const int8_t*>(w.data) + n * w.k;
-      const float s = w.scales[n];
-      for (int64_t i = 0; i < w.k; ++i) out[i] = float(p[i]) * s;
-      break;
-    }
-    case Kind::kInt4: {
-      const uint8_t* p = static_cast<const uint8_t*>(w.data) + n * (w.k / 2);
-      const float* scales = w.scales + n * w.groups();
-      for (int64_t g0 = 0; g0 < w.k / 2; g0 += kInt4GroupBytes) {
-        const int64_t g1 = std::min(g0 + kInt4GroupBytes, w.k / 2);
-        const float s = scales[g0 / kInt4GroupBytes];
-        for (int64_t j = g0; j < g1; ++j) {
-          out[2 * j] = float((p[j] & 15) - 8) * s;
-          out[2 * j + 1] = float((p[j] >> 4) - 8) * s;
-        }
-      }
-      break;
-    }
-  }
-}
-
-PMQ_INLINE void dequantize_rows(const Weights& w, const int64_t* ids, float* out, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, ids[r], out + r * w.k);
-}
-
-PMQ_ISA_VARIANTS(dequantize_rows)
-
 }  // namespace
 }  // namespace pmq_ops
 
-// linear_rows_baseline / _avx2 / _avx512: the decode kernels per level.
+// linear_rows_<level> and dequantize_rows_<level> for baseline, avx2, avx512.
+#define PMQ_WO_CAT2(a, b) a##b
+#define PMQ_WO_CAT(a, b) PMQ_WO_CAT2(a, b)
 #define PMQ_WO_LANES 4
 #define PMQ_WO_NS baseline_lanes
-#define PMQ_WO_ENTRY linear_rows_baseline
+#define PMQ_WO_LEVEL baseline
 #include "weight_only_kernels.h"
 #undef PMQ_WO_LANES
 #undef PMQ_WO_NS
-#undef PMQ_WO_ENTRY
+#undef PMQ_WO_LEVEL
 #ifdef PMQ_X86_ISAS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define PMQ_WO_LANES 8
 #define PMQ_WO_NS avx2_lanes
-#define PMQ_WO_ENTRY linear_rows_avx2
+#define PMQ_WO_LEVEL avx2
 #include "weight_only_kernels.h"
 #undef PMQ_WO_LANES
 #undef PMQ_WO_NS
-#undef PMQ_WO_ENTRY
+#undef PMQ_WO_LEVEL
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 #define PMQ_WO_LANES 16
 #define PMQ_WO_NS avx512_lanes
-#define PMQ_WO_ENTRY linear_rows_avx512
+#define PMQ_WO_LEVEL avx512
 #include "weight_only_kernels.h"
 #undef PMQ_WO_LANES
 #undef PMQ_WO_NS
-#undef PMQ_WO_ENTRY
+#undef PMQ_WO_LEVEL
 #pragma GCC pop_options
 #else  // one portable copy serves every level
 namespace pmq_ops {
@@ -148,6 +114,10 @@ template <typename... A>
 void linear_rows_avx2(A&&... a) { linear_rows_baseline(std::forward<A>(a)...); }
 template <typename... A>
 void linear_rows_avx512(A&&... a) { linear_rows_baseline(std::forward<A>(a)...); }
+template <typename... A>
+void dequantize_rows_avx2(A&&... a) { dequantize_rows_baseline(std::forward<A>(a)...); }
+template <typename... A>
+void dequantize_rows_avx512(A&&... a) { dequantize_rows_baseline(std::forward<A>(a)...); }
 }  // namespace
 }  // namespace pmq_ops
 #endif
