@@ -48,7 +48,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddlemix_qwen25vl", "paddlemix_qwen25vl.*"]),
-    package_data={"paddlemix_qwen25vl": ["py.typed"]},
+    package_data={"paddlemix_qwen25vl": ["py.typed", "serving/static/*"]},  # the chat page
     cmdclass={"build_py": BuildWithBundledFiles},
     python_requires=">=3.9",
     install_requires=requirements,
