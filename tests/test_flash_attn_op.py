@@ -1,7 +1,7 @@
 """The compiled varlen attention operator against a float64 dense oracle.
 
 The op is built just in time once per session (``build_ops``, cached under
-``~/.cache/paddlemix_qwen25vl/ops``; about 30 s on two cores on a fresh clone).
+``~/.cache/paddlemix_qwen25vl/ops/<hash>``; about 30 s on two cores on a fresh clone).
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ Two ways to get the ops:
   inside ``external_ops/``) installs the module ``paddlemix_qwen25vl_ops``; it is
   imported on first use.
 * :func:`build_ops` compiles the same sources just in time with
-  ``paddle.utils.cpp_extension.load`` into ``~/.cache/paddlemix_qwen25vl/ops`` (paddle
-  reuses the build while sources and flags are unchanged) from the ``external_ops/``
+  ``paddle.utils.cpp_extension.load`` into ``~/.cache/paddlemix_qwen25vl/ops/<hash of the
+  sources, headers and flags>`` (reused while they are unchanged) from the ``external_ops/``
   sources that ship with the package (or a source checkout's).
 
 Without either, callers use the pure-paddle fallback; :func:`warn_fallback_once` logs
@@ -15,6 +15,7 @@ that once per process.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -68,7 +69,7 @@ def build_ops(verbose: bool = False) -> ModuleType:
     """Compile (or reuse the cached build of) the custom operators and load them.
 
     Compiles C++ (and CUDA) sources the first time; later calls with unchanged sources
-    reuse ``~/.cache/paddlemix_qwen25vl/ops``. Returns the already loaded module if the
+    reuse that build. Returns the already loaded module if the
     ops are installed or were built before in this process (paddle cannot register the
     same operator twice).
     """
@@ -79,17 +80,30 @@ def build_ops(verbose: bool = False) -> ModuleType:
     from paddle.utils.cpp_extension import load
 
     config = _load_build_config()
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    build_dir = BUILD_DIR / _sources_digest(config)
+    build_dir.mkdir(parents=True, exist_ok=True)
     _ops = load(
         name=MODULE_NAME,
         sources=config.sources(),
         extra_cxx_cflags=config.cxx_flags(),
         extra_cuda_cflags=config.NVCC_FLAGS,
         extra_ldflags=config.LD_FLAGS,
-        build_directory=str(BUILD_DIR),
+        build_directory=str(build_dir),
         verbose=verbose,
     )
     return _ops
+
+
+def _sources_digest(config: ModuleType) -> str:
+    """A short hash of every file under ``csrc/`` (headers included) and the flags: paddle's
+    own rebuild check looks at the listed sources only, so an edited header alone would
+    otherwise reuse a stale library."""
+    digest = hashlib.sha256()
+    for path in sorted(config.CSRC.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(" ".join(config.cxx_flags() + config.NVCC_FLAGS + config.LD_FLAGS).encode())
+    return digest.hexdigest()[:16]
 
 
 def warn_fallback_once() -> None:
