@@ -9,6 +9,12 @@ prefill as a fraction of GEMM peak and decode as a fraction of the bandwidth bou
 (formulas in benchmarks/README.md). It also checks that the vision tower's peak memory
 grows linearly with the number of patches.
 
+Precisions (issue 20): ``--pm_precisions float32 bfloat16 weight_only_int8 weight_only_int4``
+runs this library with each weight precision, ``--hf_dtypes float32 bfloat16`` transformers in
+each dtype, and ``--impls ... llamacpp`` llama.cpp (llama-cpp-python, benchmarks/requirements.txt)
+on the same decoder as GGUF ``--gguf_types F16 Q8_0 Q4_0``; every precision's top-1 agreement
+with this library's float32 greedy tokens is measured by teacher forcing (``--teacher_steps``).
+
 Checkpoints are random (seeded), in real Qwen2.5-VL 3B shapes, saved by transformers and
 cached under ``~/.cache/paddlemix_qwen25vl/bench/`` (``--cache_dir``):
   quick (default)  3B widths, 4 decoder layers, 8 vision blocks (full attention in 3 and 7)
@@ -19,6 +25,9 @@ Outputs: benchmarks/results/compare.json, compare.md and compare.png (``--out_pr
 
 Usage:
   python benchmarks/compare.py [--threads N] [--full] [--paddleformers_python /tmp/pf_venv/bin/python]
+  python benchmarks/compare.py --impls paddlemix transformers llamacpp --pm_attn flash_attention_2 --hf_attn sdpa \
+      --pm_precisions float32 bfloat16 weight_only_int8 weight_only_int4 --hf_dtypes float32 bfloat16 \
+      --media image --memory_sizes --out_prefix benchmarks/results/compare_precisions
 
 This file is also the worker (``--worker JSON``), run by the interpreter of the
 implementation it measures; the harness package next to it (benchmarks/harness/) imports

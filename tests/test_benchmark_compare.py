@@ -208,10 +208,9 @@ def test_precision_rows_targets_and_report(tmp_path):
     assert "| image | llamacpp-Q8_0 | Q8_0 | 20.00 | 2.67 |" in precisions and "97.0% of 64" in precisions
 
 
-def test_precision_runs_are_planned_with_their_references(tmp_path, monkeypatch):
+def test_precision_runs_are_planned_with_their_references(tmp_path):
     """--pm_precisions / --hf_dtypes / --gguf_types: one row each; llama.cpp rows get the float32
     reference's prompt ids, the other precisions its continuation (teacher-forced agreement)."""
-    monkeypatch.setattr(orchestrate, "llamacpp_version", lambda: "0.3.36")
     args = options.parse_args(["--impls", "paddlemix", "transformers", "llamacpp", "--pm_attn", "sdpa", "--media", "image",
                                "--pm_precisions", "float32", "weight_only_int4", "--hf_dtypes", "float32", "bfloat16",
                                "--gguf_types", "Q4_0"])
@@ -270,6 +269,31 @@ def test_paddlemix_worker_smoke_run(tmp_path):
 
     memory = runs.run_vision_memory({**spec, "threads": default_num_threads()})
     assert memory["patches"] == 16 and memory["extra_peak_mib"] >= 0
+    # a weight-only row held to the float32 reference by teacher forcing
+    reference = runs.run_reference({**spec, "threads": default_num_threads(), "teacher_steps": 4})
+    assert len(reference["continuation"]) == 4 and len(reference["prompt_ids"]) == result["prompt_tokens"]
+    int4 = runs.run_timing({**spec, "threads": default_num_threads(), "precision": "weight_only_int4",
+                            "reference": reference})
+    assert int4["teacher_steps"] == 4 and 0 <= int4["top1_agreement"] <= 1 and "weight_only_kernels" in int4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None,
+                    reason="llama-cpp-python and gguf come from benchmarks/requirements.txt (llama.cpp builds from source)")
+@needs_transformers
+def test_llamacpp_rows_on_the_tiny_decoder(tmp_path):
+    """The tiny checkpoint's decoder through convert_hf_to_gguf.py, llama.cpp's quantiser and a timing worker."""
+    version = llamacpp.llamacpp_version()
+    if not (llamacpp.SOURCES_CACHE / f"llama_cpp_python-{version}" / "vendor").exists():
+        pytest.skip("the llama.cpp sources are fetched by the first `compare.py --impls llamacpp` (a 75 MB sdist)")
+    checkpoint = checkpoints.build_checkpoint("tiny", tmp_path / "tiny", streamed=False)
+    paths = llamacpp.gguf_files(checkpoint, ["Q8_0"], tmp_path, threads=1)
+    sizes = llamacpp.gguf_weight_bytes(paths["Q8_0"])
+    assert sizes["tensor_types"]["Q8_0"] > 0 and sizes["weight_bytes"] > 0
+    spec = {"task": "llamacpp_timing", "gguf": str(paths["Q8_0"]), "threads": 1, "repeats": 1, "new_tokens": 3,
+            "prompt_ids": [151644, 872, 198, 9707, 151645]}
+    result = run_worker(spec)
+    assert "error" not in result, result.get("error")
+    assert len(result["tokens"]) == 3 and result["prompt_tokens"] == 5 and result["decode_tok_s"] > 0
 
 
 @needs_transformers

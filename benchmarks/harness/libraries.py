@@ -45,6 +45,10 @@ class Library:
         """Processor keyword arguments for the spec's image or video."""
         return media_kwargs(self.spec, media)
 
+    def info(self) -> Dict[str, Any]:
+        """What the row should record about how the library ran (none by default)."""
+        return {}
+
     def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
         """Teacher forcing: the most likely next token at each of the ``len(continuation)``
         positions of one forward over the prompt followed by ``continuation[:-1]``."""
@@ -63,12 +67,15 @@ class PaddleMix(Library):
         set_num_threads(self.spec["threads"])
         self.paddle = paddle
         attn = self.spec.get("attn", "sdpa")
-        if attn == "flash_attention_2":
-            from paddlemix_qwen25vl.ops import build_ops, has_flash_attn_op
+        precision = self.spec.get("precision", "float32")
+        from paddlemix_qwen25vl.ops import build_ops, has_flash_attn_op
+        from paddlemix_qwen25vl.ops.weight_only import weight_only_ops_available
 
-            if not has_flash_attn_op():
-                build_ops()  # compiled once into the user cache, then loaded
-        precision = precision_kwargs(self.spec.get("precision", "float32"))
+        if (attn == "flash_attention_2" and not has_flash_attn_op()) or (
+                precision != "float32" and not weight_only_ops_available()):
+            build_ops()  # compiled once into the user cache, then loaded
+        self.kernels = weight_only_ops_available()
+        precision = precision_kwargs(precision)
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.spec["checkpoint"], attn_implementation=attn,
                                                                         **precision)
         self.model.eval()
@@ -86,6 +93,10 @@ class PaddleMix(Library):
         tokens, _ = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                         decode_strategy="greedy_search", streamer=streamer)
         return tokens.numpy()[0].tolist()
+
+    def info(self) -> Dict[str, Any]:
+        """Whether the compiled weight-only kernels ran (else ops/weight_only.py's pure-Paddle fallback)."""
+        return {"weight_only_kernels": self.kernels}
 
     def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
         paddle = self.paddle
@@ -106,6 +117,9 @@ class PaddleFormers(PaddleMix):
         if "fps" in kwargs:  # its (transformers 5) processor validates fps as one number
             kwargs["fps"] = kwargs["fps"][0]
         return kwargs
+
+    def info(self) -> Dict[str, Any]:
+        return {}  # this library's kernels play no part there
 
     def load(self) -> None:
         import paddle

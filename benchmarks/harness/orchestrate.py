@@ -3,6 +3,7 @@ worker process, with the reports rewritten after every run."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 from .checkpoints import bench_config, ensure_checkpoint
 from .common import run_worker
-from .llamacpp import gguf_files, llamacpp_version
+from .llamacpp import gguf_files
 from .machine import probe_machine
 from .report import markdown_report, write_reports
 from .summary import fastest, summarize
@@ -40,11 +41,7 @@ def _library_runs(args: argparse.Namespace, notes: List[str]) -> List[Dict[str, 
                 notes.append(f"PaddleFormers skipped: no paddleformers under {python} (see benchmarks/README.md)")
                 continue
             runs.append({"impl": impl, "label": "paddleformers", "python": python, "repeats": args.paddleformers_repeats})
-        elif impl == "llamacpp":
-            if llamacpp_version() is None:
-                notes.append("llama.cpp skipped: llama-cpp-python does not import (pip install -r benchmarks/requirements.txt "
-                             "builds it from source)")
-                continue
+        elif impl == "llamacpp":  # its GGUF files are made right before its rows (_attach_gguf)
             runs += [{"impl": impl, "task": "llamacpp_timing", "precision": t, "label": f"llamacpp-{t}"}
                      for t in args.gguf_types]
         else:
@@ -75,14 +72,13 @@ def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> L
 
 
 def _attach_gguf(runs: List[Dict[str, Any]], checkpoint: Path, args: argparse.Namespace, notes: List[str]) -> None:
-    """The GGUF file of each llama.cpp run (converted and quantised once); a failure is a note."""
+    """The GGUF file of each llama.cpp run (converted and quantised once); a failure (llama-cpp-python
+    missing, the conversion failing) is a note and the rows are skipped."""
     types = list(dict.fromkeys(r["precision"] for r in runs if r["impl"] == "llamacpp"))
-    if not types:
-        return
     try:
         paths = gguf_files(checkpoint, types, args.cache_dir, args.threads)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
-        notes.append(f"llama.cpp skipped: the GGUF conversion failed: {str(error)[-300:]}")
+        notes.append(f"llama.cpp skipped: {str(error)[-300:]}")
         return
     for run in runs:
         if run["impl"] == "llamacpp":
@@ -125,7 +121,10 @@ class _Session:
                 elif agreement:
                     run["reference"] = reference
 
-    def timing_rows(self, specs: List[Dict[str, Any]]) -> None:
+    def timing_rows(self, specs: List[Dict[str, Any]], checkpoint: Path) -> None:
+        llama = [s for s in specs if s["impl"] == "llamacpp"]
+        if llama:
+            _attach_gguf(llama, checkpoint, self.args, self.results["notes"])
         for spec in specs:
             if spec["impl"] == "llamacpp" and ("prompt_ids" not in spec or "gguf" not in spec):
                 continue  # no reference prompt or no GGUF file: said in the notes
@@ -149,6 +148,7 @@ class _Session:
 
     def snapshot(self) -> None:
         self.results["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.results["load_average"]["end"] = os.getloadavg()  # the machine may be shared: its load, 1/5/15 min
         write_reports(summarize(self.results), self.args.out_prefix)
 
 
@@ -163,12 +163,12 @@ def compare(args: argparse.Namespace) -> Dict[str, Any]:
     checkpoint = ensure_checkpoint(name, args.cache_dir)
     notes: List[str] = []
     runs = plan_runs(args, checkpoint, notes)
-    _attach_gguf(runs, checkpoint, args, notes)
     memory_impls = ["paddlemix"] + (["transformers"] if any(r["impl"] == "transformers" for r in runs) else [])
     results: Dict[str, Any] = {"config_name": name, "config": bench_config(name), "checkpoint": str(checkpoint),
                                "threads": args.threads, "repeats": args.repeats,
                                "paddleformers_repeats": args.paddleformers_repeats, "new_tokens": args.new_tokens,
-                               "machine": {}, "rows": [], "vision_memory": {}, "references": {}, "notes": notes}
+                               "machine": {}, "rows": [], "vision_memory": {}, "references": {}, "notes": notes,
+                               "load_average": {"start": os.getloadavg()}}
     total = 2 + len(runs) + len(memory_impls) * len(args.memory_sizes) + len(args.media) * _needs_reference(runs)[0]
     session = _Session(args, results, total=total)
 
@@ -177,10 +177,10 @@ def compare(args: argparse.Namespace) -> Dict[str, Any]:
                                        run=lambda spec: session.step(spec["task"], spec))
     session.references(runs, checkpoint)
     first_media = [r for r in runs if r["media"] == args.media[0]]
-    session.timing_rows(first_media)
+    session.timing_rows(first_media, checkpoint)
     for impl in memory_impls:
         session.vision_memory(impl, checkpoint)
-    session.timing_rows(runs[len(first_media):])
+    session.timing_rows(runs[len(first_media):], checkpoint)
     session.progress.close()
     session.snapshot()
     print(f"wrote {args.out_prefix}.json, .md, .png")

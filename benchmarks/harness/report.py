@@ -29,6 +29,10 @@ def _best_of(values: Dict[str, float], digits: int) -> str:
     return ", ".join(f"{k} {_fmt(v, digits)}" for k, v in values.items())
 
 
+def _loads(values: Any) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "-"
+
+
 def _machine_line(results: Dict[str, Any]) -> str:
     """Limits, CPU and how the rows were timed, in one paragraph."""
     m = results["machine"]
@@ -40,6 +44,9 @@ def _machine_line(results: Dict[str, Any]) -> str:
         cpu = m["cpu"]
         line += (f"CPU: {cpu['vendor']} {cpu['model']} ({', '.join(cpu['instruction_sets'])}); "
                  f"code path {cpu['isa_in_use']}, {cpu['mkl_code_path']}. ")
+    if results.get("load_average"):
+        load = results["load_average"]
+        line += f"Load average (1/5/15 min) {_loads(load['start'])} at the start, {_loads(load.get('end'))} at the end. "
     line += f"{results['new_tokens']} new tokens, best of {results['repeats']} timed runs after a warm-up"
     if any(r.get("impl") == "paddleformers" for r in results["rows"]):
         return line + f" (PaddleFormers: {results.get('paddleformers_repeats', results['repeats'])})."
@@ -74,7 +81,10 @@ def _precision_lines(results: Dict[str, Any]) -> List[str]:
         decoder = r["prefill_s"] - (r.get("vision_s") or 0)
         agree = r.get("top1_agreement")
         agree = f"{_pct(agree)}% of {r['teacher_steps']}" if agree is not None else "-"
-        lines.append(f"| {r['media']} | {r['label']} | {r.get('precision', 'float32')} | {_fmt(r['decode_tok_s'])} "
+        weights = r.get("precision", "float32")
+        if r.get("weight_only_kernels") is False and weights != "float32":
+            weights += " (pure-Paddle fallback, no compiled kernels)"
+        lines.append(f"| {r['media']} | {r['label']} | {weights} | {_fmt(r['decode_tok_s'])} "
                      f"| {_fmt(hf and r['decode_tok_s'] / hf['decode_tok_s'])} "
                      f"| {_fmt(r['decode_bytes_per_token']['total'] / 1e9, 3)} | {_pct(r.get('decode_frac_bound'))} "
                      f"| {_fmt(r['prefill_s'])} | {_fmt(decoder)} | {_fmt(r['peak_rss_mib'] / 1024)} | {agree} |")

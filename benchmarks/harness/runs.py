@@ -77,6 +77,7 @@ def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
         "tokens": gen["tokens"],  # greedy tokens: equal across libraries when the weights load alike
         "rss_loaded_mib": rss_loaded / 1024,
         "peak_rss_mib": peak_rss / 1024,
+        **lib.info(),
     }
     if spec.get("reference"):
         result.update(top1_agreement(lib, inputs, spec["reference"]["continuation"]))
@@ -113,7 +114,7 @@ def run_load_generate(spec: Dict[str, Any]) -> Dict[str, Any]:
     gen = _time_generate(lib, inputs, spec)
     return {"load_s": load_s, "rss_loaded_mib": rss_loaded / 1024, "peak_rss_mib": status_kib("VmHWM") / 1024,
             "prefill_s": min(gen["prefill_s"]), "decode_tok_s": max(gen["decode_tok_s"]), "tokens": gen["tokens"],
-            "prompt_tokens": int(inputs["input_ids"].shape[-1])}
+            "prompt_tokens": int(inputs["input_ids"].shape[-1]), **lib.info()}
 
 
 def run_vision_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
