@@ -22,25 +22,30 @@ from .processing import Qwen2_5_VLProcessor, process_vision_info
 from .quantization import QUANT_TYPES, weight_kind
 from .runtime import DTYPES, on_gpu, set_device
 
-__all__ = ["build_parser", "load", "answer", "single_image_main"]
+__all__ = ["add_model_flags", "build_parser", "load", "answer", "single_image_main"]
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """Parser with the flags every inference script takes."""
-    parser = argparse.ArgumentParser(description=description)
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load and how: the inference scripts' and the server's."""
     parser.add_argument("--model_path", default=None, help="checkpoint directory or hub id; default: the bundled demo model")
-    parser.add_argument("--question", default="Describe this image.")
-    parser.add_argument("--top_p", type=float, default=0.01)
-    parser.add_argument("--temperature", type=float, default=0.01)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                         help="on CPU bfloat16 keeps the weights in bfloat16 and computes in float32; float16 falls back to float32 there")
     parser.add_argument("--quant_type", default=None, choices=QUANT_TYPES,
                         help="weight-only int8 (per channel) or int4 (groups of 128) weights, quantised while loading")
     parser.add_argument("--attn_implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
-    parser.add_argument("--decode_strategy", default="greedy_search", choices=["greedy_search", "sampling"])
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
     parser.add_argument("--min_pixels", type=int, default=None, help="per-image pixel budget (default: the processor's)")
     parser.add_argument("--max_pixels", type=int, default=None)
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """Parser with the flags every inference script takes."""
+    parser = argparse.ArgumentParser(description=description)
+    add_model_flags(parser)
+    parser.add_argument("--question", default="Describe this image.")
+    parser.add_argument("--top_p", type=float, default=0.01)
+    parser.add_argument("--temperature", type=float, default=0.01)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--decode_strategy", default="greedy_search", choices=["greedy_search", "sampling"])
     parser.add_argument("--stream", action="store_true", help="print the answer while it is generated")
     parser.add_argument("--benchmark", action="store_true", help="report prefill latency, decode tokens/s and peak memory")
     parser.add_argument("--benchmark_json", default=None, help="also write the benchmark as JSON to this file")

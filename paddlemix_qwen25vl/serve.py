@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .runtime import DTYPES
+from .cli import add_model_flags
 
 __all__ = ["build_parser", "settings_from_args", "create_server", "main"]
 
@@ -25,17 +25,12 @@ DEMO_MODEL_NAME = "paddlemix-qwen25vl-demo"
 def build_parser() -> argparse.ArgumentParser:
     """The server's flags: model loading, address, batching, key, per-request limits."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", default=None, help="checkpoint directory or hub id; default: the bundled demo model")
+    add_model_flags(parser)
     parser.add_argument("--served_model_name", default=None,
                         help="the name clients send as 'model' (default: --model_path as given, or "
                         f"{DEMO_MODEL_NAME!r} for the demo)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="as the inference scripts' --dtype")
-    parser.add_argument("--attn_implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
-    parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
-    parser.add_argument("--min_pixels", type=int, default=None, help="per-image pixel budget of the processor (default: its own)")
-    parser.add_argument("--max_pixels", type=int, default=None)
     parser.add_argument("--max_batch_size", type=int, default=8, help="sequences decoded together in one step")
     parser.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond the batch; more get 429")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (all but /health and the page)")
@@ -72,18 +67,12 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    """Model, processor and a started engine; the model and processor load as in the inference scripts."""
-    from .demo import resolve_model_or_demo
-    from .modeling import Qwen2_5_VLForConditionalGeneration
-    from .processing import Qwen2_5_VLProcessor
-    from .runtime import set_device
+    """Model, processor (loaded as by the inference scripts) and a started engine."""
+    from .cli import load
     from .serving.app import ServedModel
     from .serving.engine import Engine
 
-    set_device(args.device)
-    path = resolve_model_or_demo(args.model_path)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=args.dtype, attn_implementation=args.attn_implementation)
-    processor = Qwen2_5_VLProcessor.from_pretrained(path, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    model, processor = load(args)
     engine = Engine(model, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
     engine.start()
     return ServedModel(processor=processor, engine=engine, context_length=int(model.config.max_position_embeddings))

@@ -364,3 +364,39 @@ def test_health_and_api_answer_503_while_loading():
     finally:
         release.set()
         stop_server(uvicorn_server)
+
+
+def test_server_takes_the_scripts_model_flags(tiny_checkpoint, monkeypatch):
+    """--quant_type (a flag shared with the inference scripts): the server runs an int8 model, and its
+    answer is that model's own."""
+    from paddlemix_qwen25vl.quantization import WeightOnlyLinear
+
+    served_models = []
+    load = Qwen2_5_VLForConditionalGeneration.from_pretrained.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        served_models.append(load(cls, *args, **kwargs))
+        return served_models[-1]
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", classmethod(recording_load))
+    args = build_parser().parse_args([
+        "--model_path", tiny_checkpoint, "--served_model_name", MODEL, "--port", "0", "--quant_type", "weight_only_int8",
+        "--log_level", "warning",
+    ])
+    uvicorn_server = create_server(args)
+    url = start_server(uvicorn_server)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        served = chat(client, image_message(data_url(DEMO_IMAGE)))
+    finally:
+        stop_server(uvicorn_server)
+    quantised = [layer for layer in served_models[0].sublayers() if isinstance(layer, WeightOnlyLinear)]
+    assert quantised and {layer.kind for layer in quantised} == {"weight_only_int8"}
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type="weight_only_int8")
+    processor = Qwen2_5_VLProcessor.from_pretrained(tiny_checkpoint)
+    messages = library_message(DEMO_IMAGE)
+    images, _, _ = process_vision_info(messages, return_video_kwargs=True)
+    inputs = processor(text=[processor.apply_chat_template(messages, add_generation_prompt=True)], images=images,
+                       return_tensors="pd")
+    tokens, _ = model.generate(**inputs, max_new_tokens=MAX_TOKENS, decode_strategy="greedy_search")
+    assert served.choices[0].message.content == processor.decode(tokens.numpy()[0].tolist(), skip_special_tokens=True)

@@ -287,7 +287,7 @@ def create_app(settings: ServerSettings, load: Callable[[], ServedModel],
     def load_in_background() -> None:
         try:
             state.served = load()
-        except Exception as err:  # the server stays up to say why (503); the CLI exits instead
+        except (Exception, SystemExit) as err:  # the server stays up to say why (503); the CLI exits instead
             state.load_error = f"{type(err).__name__}: {err}"
             logger.error("loading the model failed: %s", state.load_error)
             if on_load_error is not None:
