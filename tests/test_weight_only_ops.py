@@ -90,13 +90,32 @@ def test_bfloat16_is_a_cast():
     np.testing.assert_array_equal(dequantize_weight(qweight, None, "bfloat16").numpy(), want)
 
 
-def _float32_error_bound(x: np.ndarray, qweight, scales, kind: str) -> np.ndarray:
-    """2e-6 (16 float32 epsilons) of sum_k |x_k| (|w_k| + o_k): o_k = 8 s_k for int4, whose kernel
-    sums nibbles unscaled and subtracts 8 * sum(x) per group; 0 otherwise."""
-    magnitude = np.abs(dequantize_weight(qweight, scales, kind).numpy().astype(np.float64))
+def _activation_rounding(x: np.ndarray, kind: str, level: str) -> np.ndarray:
+    """Half the quantisation step h_k of each input that the AVX2 / AVX-512 integer kernels round
+    to int8 (|x_k - d q_k| <= d / 2, d = max|x_block| / 127): blocks of 32 inputs for int8 weights,
+    each int4 group (128) for int4, up to the last full 32 (int8) or 64 (int4) inputs of a row, the
+    rest staying float. 0 for bfloat16 and at the baseline level (float activations)."""
+    half = np.zeros(x.shape, np.float64)
+    if kind == "bfloat16" or level == "baseline":
+        return half
+    block, span = (32, 32) if kind == "weight_only_int8" else (INT4_GROUP, 64)
+    covered = x.shape[1] // span * span
+    for start in range(0, covered, block):
+        end = min(start + block, covered)
+        half[:, start:end] = np.abs(x[:, start:end]).max(axis=1, keepdims=True).astype(np.float64) / 127 / 2
+    return half
+
+
+def _kernel_error_bound(x: np.ndarray, qweight, scales, kind: str, level: str) -> np.ndarray:
+    """sum_k h_k |w_k| (the activation rounding, _activation_rounding) plus 2e-6 (16 float32
+    epsilons) of sum_k (|x_k| + h_k) (|w_k| + o_k): o_k = 8 s_k for int4, whose kernels sum nibbles
+    unscaled and subtract 8 * sum(x) per group; 0 otherwise."""
+    w_abs = np.abs(dequantize_weight(qweight, scales, kind).numpy().astype(np.float64))
+    magnitude = w_abs.copy()
     if kind == "weight_only_int4":
         magnitude += 8 * np.repeat(scales.numpy().astype(np.float64), INT4_GROUP, axis=1)[:, : magnitude.shape[1]]
-    return 2e-6 * np.abs(x.astype(np.float64)) @ magnitude.T + 1e-6
+    half = _activation_rounding(x, kind, level)
+    return half @ w_abs.T + 2e-6 * (np.abs(x.astype(np.float64)) + half) @ magnitude.T + 1e-6
 
 
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
@@ -144,7 +163,7 @@ def test_kernels_match_float64(cpu_level, kind, n, k):
     for m in (1, 3, 17, GEMV_MAX_ROWS + 1):  # 17: four 4-row blocks and one row left over
         x = rng.standard_normal((m, k)).astype(np.float32)
         want = x.astype(np.float64) @ w_hat.T + bias
-        bound = _float32_error_bound(x, qweight, scales, kind)
+        bound = _kernel_error_bound(x, qweight, scales, kind, cpu_level)
         got = get_ops().qwen25vl_weight_only_linear(paddle.to_tensor(x), qweight, scales, paddle.to_tensor(bias))
         assert np.all(np.abs(got.numpy() - want) <= bound), (m, np.abs(got.numpy() - want).max())
         wrapped = weight_only_linear(paddle.to_tensor(x)[None], qweight, scales, paddle.to_tensor(bias), kind)

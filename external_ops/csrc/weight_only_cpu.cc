@@ -25,6 +25,7 @@
 // (benchmarks/results/weight_only.json) int8 / int4 decode are not yet at
 // the bandwidth limit; the integer path is the next thing to try for them.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -62,16 +63,88 @@ PMQ_INLINE float bf16_to_float(uint16_t h) {
   return f;
 }
 
-// Activations as the kernels read them: x itself, or for int4 its even and
-// odd elements (xe, xo: [m, k/2] each) and its sums per 128-input group
-// (xsum: [m, groups]).
+constexpr int64_t kActBlock = 32;      // int8 weights: activation inputs per quantisation scale
+constexpr int64_t kChunkBytes = 32;    // int4 weights: bytes of nibbles per 256-bit step
+constexpr int64_t kChunksPerGroup = kInt4GroupBytes / kChunkBytes;
+
+// Activations quantised to int8 for the AVX2 / AVX-512 integer kernels,
+// symmetric per block (d = max|x_block| / 127, q = round(x / d)):
+// int8 weights: blocks of kActBlock inputs, x [m, ld = blocks * 32],
+//   d [m, blocks]; the inputs after the last full block stay float.
+// int4 weights: `blocks` = full 32-byte chunks of a weight row; chunk c's 64
+//   inputs sit at x + 64c as [even | odd] (low / high nibbles); one block per
+//   128-input group, d and qsum (sum of q) [m, groups]; the inputs after the
+//   last full chunk stay float.
+struct QuantizedActivations {
+  std::vector<int8_t> xq;
+  std::vector<float> dq;
+  std::vector<int32_t> qsums;
+  const int8_t* x;
+  const float* d;
+  const int32_t* qsum;
+  int64_t ld, blocks, groups;
+};
+
+// Activations as the kernels read them: x itself; for the baseline int4
+// kernel its even and odd elements (xe, xo: [m, k/2] each) and its sums per
+// 128-input group (xsum: [m, groups]); for the integer kernels q.
 struct Activations {
   const float* x;
   const float* xe;
   const float* xo;
   const float* xsum;
+  const QuantizedActivations* q;
   int64_t m;
 };
+
+// v[0..count) as q = round(v / d) into out, d = max|v| / 127 (0 for all zeros):
+// returns d and adds sum(q) to *qsum.
+float quantize_block(const float* const* v, int64_t count, int8_t* out, int32_t* qsum) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < count; ++i) amax = std::max(amax, std::fabs(*v[i]));
+  const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = int8_t(std::nearbyint(*v[i] * inv));
+    *qsum += out[i];
+  }
+  return d;
+}
+
+// x [m, k] quantised for weights of `kind` (int8 or int4), layouts above.
+void quantize_activations(const float* x, int64_t m, int64_t k, Kind kind, QuantizedActivations& q) {
+  const bool int4 = kind == Kind::kInt4;
+  const int64_t kh = k / 2;
+  q.groups = int4 ? (k + kInt4Group - 1) / kInt4Group : 0;
+  q.blocks = int4 ? kh / kChunkBytes : k / kActBlock;
+  q.ld = q.blocks * (int4 ? 2 * kChunkBytes : kActBlock);
+  q.xq.assign(m * q.ld, 0);
+  q.dq.assign(m * (int4 ? q.groups : q.blocks), 0.f);
+  q.qsums.assign(m * q.groups, 0);
+  const float* v[kInt4Group];
+  for (int64_t r = 0; r < m; ++r) {
+    const float* row = x + r * k;
+    int8_t* out = q.xq.data() + r * q.ld;
+    if (!int4) {
+      int32_t unused = 0;
+      for (int64_t b = 0; b < q.blocks; ++b) {
+        for (int64_t i = 0; i < kActBlock; ++i) v[i] = row + b * kActBlock + i;
+        q.dq[r * q.blocks + b] = quantize_block(v, kActBlock, out + b * kActBlock, &unused);
+      }
+      continue;
+    }
+    for (int64_t g = 0; g * kChunksPerGroup < q.blocks; ++g) {
+      const int64_t c0 = g * kChunksPerGroup, c1 = std::min(c0 + kChunksPerGroup, q.blocks);
+      int64_t count = 0;
+      for (int64_t c = c0; c < c1; ++c)  // [32 even | 32 odd] inputs of chunk c
+        for (int64_t half = 0; half < 2; ++half)
+          for (int64_t i = 0; i < kChunkBytes; ++i) v[count++] = row + 2 * (c * kChunkBytes + i) + half;
+      q.dq[r * q.groups + g] = quantize_block(v, count, out + 2 * c0 * kChunkBytes, &q.qsums[r * q.groups + g]);
+    }
+  }
+  q.x = q.xq.data();
+  q.d = q.dq.data();
+  q.qsum = q.qsums.data();
+}
 
 }  // namespace
 }  // namespace pmq_ops
@@ -171,9 +244,14 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
              "bias must be contiguous float32 [N]");
     bias_data = bias.get().data<float>();
   }
-  Activations a{x.data<float>(), nullptr, nullptr, nullptr, x.shape()[0]};
+  Activations a{x.data<float>(), nullptr, nullptr, nullptr, nullptr, x.shape()[0]};
+  const Isa isa = cpu_isa();
+  QuantizedActivations quantized;
   std::vector<float> split;
-  if (w.kind == Kind::kInt4) {  // xe, xo [m, k/2] and xsum [m, groups]
+  if (isa != Isa::kBaseline && w.kind != Kind::kBf16) {
+    quantize_activations(a.x, a.m, w.k, w.kind, quantized);
+    a.q = &quantized;
+  } else if (w.kind == Kind::kInt4) {  // xe, xo [m, k/2] and xsum [m, groups]
     const int64_t kh = w.k / 2, groups = w.groups();
     split.assign(a.m * (2 * kh + groups), 0.f);
     float* xe = split.data();
@@ -190,7 +268,6 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
   }
   paddle::Tensor out = paddle::empty({a.m, w.n}, paddle::DataType::FLOAT32, x.place());
   float* out_data = out.data<float>();
-  const Isa isa = cpu_isa();
   const int64_t tasks = (w.n + kRowsPerTask - 1) / kRowsPerTask;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {
