@@ -10,20 +10,23 @@
 //       weight, tile by tile, for prefill, where MKL's GEMM then does better).
 //
 // The linear is for decode (small M): one pass over the weights, memory
-// bandwidth bound, so the weights are widened to float in registers right
-// after they are loaded (weight_only_kernels.h, one copy per ISA level).
-// OpenMP splits the output rows into 32-row tasks; a thread multiplies tiles
+// bandwidth bound. OpenMP splits the output rows into 32-row tasks.
+// AVX2 / AVX-512, int8 and int4 weights: each activation row is quantised
+// once per call to int8 per block (QuantizedActivations) and multiplied with
+// integer dot products (llama.cpp's q8_0 / q4_0 scheme), one weight row at a
+// time against up to 4 activation rows: widening every weight to float cost
+// more instructions than the memory bus left time for (int8 / int4 decode ran
+// at 1/3 to 1/2 of a plain read's GB/s). The price is the activation rounding,
+// |x - d q| <= d / 2 with d = max|x_block| / 127 (tests/test_weight_only_ops.py
+// bounds the output error by it).
+// bfloat16, and every kind at the baseline level: the weights are widened to
+// float in registers right after they are loaded, float32 arithmetic, tiles
 // of up to 4 weight rows x 4 activation rows while those rows are in L1.
-// Int4: element 2j sits in the low nibble of byte j and 2j+1 in the high one;
-// instead of interleaving the nibbles per weight, the activations are split
-// once per call into even and odd halves (low nibbles multiply the even half,
-// high nibbles the odd one), and nibbles are summed unscaled per 128-group as
-// sum(nibble * x) - 8 * sum(x), one scale multiply per group.
-// Float, not llama.cpp's integer dot products on an int8-quantised
-// activation: those add an activation rounding error (~0.4% per 32-block)
-// that the float path does not have. Measured on a loaded shared machine
-// (benchmarks/results/weight_only.json) int8 / int4 decode are not yet at
-// the bandwidth limit; the integer path is the next thing to try for them.
+// Int4 there: element 2j sits in the low nibble of byte j and 2j+1 in the
+// high one; instead of interleaving the nibbles per weight, the activations
+// are split once per call into even and odd halves (low nibbles multiply the
+// even half, high nibbles the odd one), and nibbles are summed unscaled per
+// 128-group as sum(nibble * x) - 8 * sum(x), one scale multiply per group.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
