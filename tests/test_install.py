@@ -45,6 +45,9 @@ def test_installed_package_is_self_contained(installed_wheel, tmp_path):
         "assert config_preset('7B').hidden_size == 3584\n"
         "assert all(map(__import__('os').path.exists, (demo.DEMO_IMAGE, demo.DEMO_VIDEO, demo.SHIPPED_WEIGHTS)))\n"
         "assert all(map(__import__('os').path.exists, loader._load_build_config().sources()))\n"
+        "assert (loader.EXTERNAL_OPS_DIR / 'csrc' / 'weight_only_kernels.h').is_file()\n"  # included, not listed
+        "from paddlemix_qwen25vl.serving import app\n"
+        "assert (app.STATIC_DIR / 'index.html').is_file() and (app.STATIC_DIR / 'chat.js').is_file()\n"
     )
     out = run_installed(installed_wheel, tmp_path, "-c", probe)
     assert out.strip().startswith(str(installed_wheel)), f"imported {out.strip()}, not the installed wheel"
