@@ -123,9 +123,10 @@ def test_models_health_and_page(server, client):
     assert client.models.retrieve(MODEL).id == MODEL
     health = requests.get(server[0] + "/health")  # no key needed
     assert health.status_code == 200 and health.json()["status"] == "ok" and "active" in health.json()["engine"]
-    page = requests.get(server[0] + "/")
+    page = requests.get(server[0] + "/", auth=("any user", KEY))  # a browser sends the key as Basic credentials
     assert page.status_code == 200 and "chat.js" in page.text
-    assert "/v1/chat/completions" in requests.get(server[0] + "/static/chat.js").text
+    assert "/v1/chat/completions" in requests.get(server[0] + "/static/chat.js", auth=("", KEY)).text
+    assert requests.get(server[0] + "/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 def test_auth(server):
@@ -135,6 +136,17 @@ def test_auth(server):
     answer = post(server, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, key="wrong")
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key"
     assert requests.get(server[0] + "/v1/models").status_code == 401
+    assert requests.get(server[0] + "/v1/models", auth=("user", KEY)).json()["data"][0]["id"] == MODEL
+
+
+@pytest.mark.parametrize("path", ["/", "/static/chat.js", "/static/index.html"])
+@pytest.mark.parametrize("authorization", [None, "Basic " + base64.b64encode(b"user:wrong").decode(), "Basic %%%",
+                                           "Basic " + base64.b64encode(KEY.encode()).decode(), f"Bearer {KEY}x", KEY])
+def test_page_needs_the_key(server, path, authorization):
+    """With --api_key the page and its files need the key too; the browser is asked for it (Basic challenge)."""
+    answer = requests.get(server[0] + path, headers={"Authorization": authorization} if authorization else {})
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key"
+    assert answer.headers["WWW-Authenticate"].startswith("Basic ")
 
 
 def test_answer_equals_lone_generate(client, lone):

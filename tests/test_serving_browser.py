@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
 )
 # Headless as root in a sandbox without a GPU, no network besides loopback, a fresh profile.
+API_KEY = "page-key"
 FOLLOW_UP = "What colour is the shape?"
 # A drop of a file on the composer, as a person dragging it from a file manager would make it.
 DROP_FILE = """
@@ -42,6 +43,16 @@ def demo_server(demo_env, monkeypatch_module):
     """Base URL of the server on the bundled demo model (built into the test's cache)."""
     monkeypatch_module.setenv("PADDLEMIX_DEMO_DIR", demo_env["PADDLEMIX_DEMO_DIR"])
     server = create_server(build_parser().parse_args(["--port", "0", "--dtype", "float32", "--log_level", "warning"]))
+    yield start_server(server)
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(demo_env, monkeypatch_module):
+    """Base URL of the demo server started with --api_key."""
+    monkeypatch_module.setenv("PADDLEMIX_DEMO_DIR", demo_env["PADDLEMIX_DEMO_DIR"])
+    args = ["--port", "0", "--dtype", "float32", "--log_level", "warning", "--api_key", API_KEY]
+    server = create_server(build_parser().parse_args(args))
     yield start_server(server)
     stop_server(server)
 
@@ -108,3 +119,23 @@ def test_chat_page_streams_the_demo_answer(demo_server, browser, tmp_path):
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
     if os.environ.get("PADDLEMIX_SCREENSHOT_DIR"):
         shutil.copy(shot, os.path.join(os.environ["PADDLEMIX_SCREENSHOT_DIR"], "chat_page.png"))
+
+
+def test_chat_page_with_an_api_key(keyed_server, browser):
+    """With --api_key the browser must give the key to open the page (HTTP Basic, here in the URL as
+    a person would type it into the browser's prompt); the page's own API calls then carry it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(keyed_server + "/")  # headless, the browser's key prompt stays unanswered: no page
+    assert not browser.find_elements(By.ID, "composer")
+    browser.get(keyed_server.replace("http://", f"http://user:{API_KEY}@") + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "model: paddlemix-qwen25vl-demo"))
+    browser.find_element(By.ID, "file").send_keys(DEMO_IMAGE)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#thumbs img")))
+    browser.find_element(By.ID, "question").send_keys(DEMO_QUESTION)
+    browser.find_element(By.ID, "send").click()
+    answer = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#log .msg[data-done='true']")))
+    assert "assistant" in answer.get_attribute("class") and answer.text == "circle", answer.text

@@ -11,6 +11,7 @@ in the engine (streamed: at its next event; plain: within DISCONNECT_POLL_SECOND
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -48,7 +49,7 @@ __all__ = ["ServerSettings", "ServedModel", "create_app"]
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # package data: ships in the wheel
 DISCONNECT_POLL_SECONDS = 0.25  # how often a non-streamed request checks that its client is still there
-PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # the page itself holds no data; its API calls need the key
+PAGE_PREFIXES = ("/static/",)  # with an API key, these and "/" answer a 401 with a Basic challenge
 
 
 @dataclass(frozen=True)
@@ -243,19 +244,35 @@ def _routes(app: FastAPI, settings: ServerSettings, state: _State) -> None:
 
 
 class _KeyCheck:
-    """ASGI middleware: with an API key set, every path but PUBLIC_PATHS and the page's files
-    needs ``Authorization: Bearer KEY`` (plain ASGI, so streamed responses pass untouched)."""
+    """ASGI middleware: with an API key set, every path but ``/health`` needs it, as
+    ``Authorization: Bearer KEY`` (API clients) or HTTP Basic with KEY as the password (a
+    browser asks for it when it opens the page, then sends it with the page's own API calls).
+    Plain ASGI, so streamed responses pass untouched."""
 
     def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.app, self.api_key = app, api_key.encode()
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.partition(b" ")
+        if scheme.lower() == b"bearer":
+            return hmac.compare_digest(credentials, self.api_key)
+        if scheme.lower() == b"basic":
+            try:  # base64("user:password"); any user name is accepted
+                password = base64.b64decode(credentials, validate=True).partition(b":")[2]
+            except ValueError:
+                return False
+            return hmac.compare_digest(password, self.api_key)
+        return False
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and path not in PUBLIC_PATHS and not path.startswith("/static/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+        if scope["type"] == "http" and path != "/health":
+            if not self._authorized(dict(scope["headers"]).get(b"authorization", b"")):
                 error = APIError(401, "a valid API key is needed: send 'Authorization: Bearer KEY'", code="invalid_api_key")
-                await _error_response(error)(scope, receive, send)
+                response = _error_response(error)
+                if path == "/" or path.startswith(PAGE_PREFIXES):
+                    response.headers["WWW-Authenticate"] = 'Basic realm="paddlemix_qwen25vl", charset="UTF-8"'
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

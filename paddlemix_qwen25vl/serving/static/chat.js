@@ -1,5 +1,8 @@
 // The chat page: sends the conversation to /v1/chat/completions with stream=true and reads the
-// server-sent events with fetch's stream reader. Images are attached as data URLs.
+// server-sent events with fetch's stream reader. Images are attached as data URLs. With --api_key
+// the browser asked for the key when it opened the page (HTTP Basic) and sends it with these calls.
+// The calls name location.origin: a page opened as http://user:key@host/ would resolve relative URLs
+// with those credentials in them, which fetch refuses.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,20 +10,13 @@ const history = [];      // OpenAI messages of the conversation so far
 let attached = [];       // data URLs waiting to be sent with the next question
 let model = null;
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
-}
 
 async function errorText(response) {
   try { return (await response.json()).error.message; } catch (e) { return response.status + " " + response.statusText; }
 }
 
 async function connect() {
-  $("key").value = localStorage.getItem("apiKey") || "";
-  const response = await fetch("/v1/models", { headers: headers() });
+  const response = await fetch(location.origin + "/v1/models");
   if (!response.ok) { $("status").textContent = await errorText(response); return; }
   model = (await response.json()).data[0].id;
   $("status").textContent = "model: " + model;
@@ -99,9 +95,9 @@ async function send(question) {
   answer.dataset.done = "false";
   let text = "";
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await fetch(location.origin + "/v1/chat/completions", {
       method: "POST",
-      headers: headers(),
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model, messages: history, stream: true, temperature: 0 }),
     });
     if (!response.ok) throw new Error(await errorText(response));
@@ -133,7 +129,6 @@ $("question").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("composer").requestSubmit(); }
 });
 $("file").addEventListener("change", (event) => { attach(event.target.files); event.target.value = ""; });
-$("key").addEventListener("change", () => { localStorage.setItem("apiKey", $("key").value.trim()); connect(); });
 const form = $("composer");
 form.addEventListener("dragover", (event) => { event.preventDefault(); form.classList.add("dragover"); });
 form.addEventListener("dragleave", () => form.classList.remove("dragover"));
