@@ -89,13 +89,12 @@ def _api_answer(url, image_2):
     return requests.post(url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]["message"]["content"]
 
 
-def test_chat_page_streams_the_demo_answer(demo_server, browser, tmp_path):
+def _ask_the_demo_question(browser, wait, page_url):
+    """Open the page, attach the demo image with the file picker, ask the demo question, check the answer."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 60)
-    browser.get(demo_server + "/")
+    browser.get(page_url)
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "model: paddlemix-qwen25vl-demo"))
     browser.find_element(By.ID, "file").send_keys(DEMO_IMAGE)
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#thumbs img")))
@@ -104,6 +103,15 @@ def test_chat_page_streams_the_demo_answer(demo_server, browser, tmp_path):
     answer = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#log .msg[data-done='true']")))
     assert "assistant" in answer.get_attribute("class"), answer.text  # not an error bubble
     assert answer.text == "circle"
+
+
+def test_chat_page_streams_the_demo_answer(demo_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    _ask_the_demo_question(browser, wait, demo_server + "/")
     assert browser.find_elements(By.CSS_SELECTOR, "#log .user img"), "the question's image is shown"
 
     image_2 = base64.b64encode(open(DEMO_IMAGE_2, "rb").read()).decode()
@@ -125,17 +133,8 @@ def test_chat_page_with_an_api_key(keyed_server, browser):
     """With --api_key the browser must give the key to open the page (HTTP Basic, here in the URL as
     a person would type it into the browser's prompt); the page's own API calls then carry it."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(keyed_server + "/")  # headless, the browser's key prompt stays unanswered: no page
     assert not browser.find_elements(By.ID, "composer")
-    browser.get(keyed_server.replace("http://", f"http://user:{API_KEY}@") + "/")
-    wait = WebDriverWait(browser, 60)
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "model: paddlemix-qwen25vl-demo"))
-    browser.find_element(By.ID, "file").send_keys(DEMO_IMAGE)
-    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#thumbs img")))
-    browser.find_element(By.ID, "question").send_keys(DEMO_QUESTION)
-    browser.find_element(By.ID, "send").click()
-    answer = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#log .msg[data-done='true']")))
-    assert "assistant" in answer.get_attribute("class") and answer.text == "circle", answer.text
+    _ask_the_demo_question(browser, WebDriverWait(browser, 60), keyed_server.replace("http://", f"http://user:{API_KEY}@") + "/")
