@@ -130,11 +130,11 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # the kernels' OpenMP pool
     import paddle
 
-    from paddlemix_qwen25vl.cpu import cpu_description, enable_fast_mkl_on_amd
+    from paddlemix_qwen25vl.cpu import cpu_description, prepare_process
     from paddlemix_qwen25vl.ops import build_ops
     from paddlemix_qwen25vl.ops.weight_only import weight_only_ops_available
 
-    enable_fast_mkl_on_amd()  # as a model load does, before the first matmul
+    prepare_process()  # as a model load does, before the first matmul
     paddle.base.core.set_num_threads(args.threads)
     build_ops()
     if not weight_only_ops_available():

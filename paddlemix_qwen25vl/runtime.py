@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 
 import paddle
 
-from .cpu import enable_fast_mkl_on_amd
+from .cpu import prepare_process
 
 __all__ = [
     "prepare_cpu",
@@ -49,8 +49,10 @@ _threads_set = False  # by set_num_threads: prepare_cpu then keeps the caller's 
 
 
 def set_num_threads(num_threads: Optional[int] = None) -> int:
-    """Set Paddle's CPU math threads (Paddle defaults to one); returns the number set."""
+    """Set Paddle's CPU math threads (Paddle defaults to one); returns the number set.
+    This starts MKL's OpenMP, so :func:`~paddlemix_qwen25vl.cpu.prepare_process` runs first."""
     global _threads_set
+    prepare_process()
     num_threads = num_threads or default_num_threads()
     paddle.base.core.set_num_threads(num_threads)
     _threads_set = True
@@ -58,11 +60,11 @@ def set_num_threads(num_threads: Optional[int] = None) -> int:
 
 
 def prepare_cpu() -> None:
-    """What a model load or a script start does for the CPU, once per process: MKL's fast code
-    path on AMD CPUs (:func:`~paddlemix_qwen25vl.cpu.enable_fast_mkl_on_amd`) and, unless
-    :func:`set_num_threads` was called, :func:`default_num_threads` threads. Importing the
-    package does neither: both are process-wide."""
-    enable_fast_mkl_on_amd()
+    """What a model load or a script start does for the CPU, once per process: MKL's settings
+    (:func:`~paddlemix_qwen25vl.cpu.prepare_process`: its fast code path on AMD CPUs, its idle
+    threads asleep) and, unless :func:`set_num_threads` was called, :func:`default_num_threads`
+    threads. Importing the package does neither: both are process-wide."""
+    prepare_process()
     if not _threads_set:
         set_num_threads()
 

@@ -41,9 +41,9 @@ def run_machine(spec: Dict[str, Any]) -> Dict[str, Any]:
     numpy (``spec["gemm_n"]``), with spec's threads, and the CPU: model, instruction sets, code paths."""
     import paddle
 
-    from paddlemix_qwen25vl.cpu import cpu_description, enable_fast_mkl_on_amd
+    from paddlemix_qwen25vl.cpu import cpu_description, prepare_process
 
-    enable_fast_mkl_on_amd()  # as a model load does, before the first matmul
+    prepare_process()  # as a model load does, before the first matmul
     threads, repeats, n = spec["threads"], spec["machine_repeats"], spec["gemm_n"]
     paddle.base.core.set_num_threads(threads)
     bandwidth = _read_bandwidth(spec["bandwidth_bytes"], threads, repeats)
