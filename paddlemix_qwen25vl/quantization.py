@@ -171,11 +171,7 @@ class _WeightOnlyLayer(nn.Layer):
         if self.kind == "bfloat16" and dtype_name == "BF16":
             self._set(to_paddle(rows, dtype_name, paddle.bfloat16), None)  # the stored words, as they are
             return
-        pieces = [
-            quantize_weight(paddle.to_tensor(np.ascontiguousarray(to_float32(rows[start:start + _ROWS_PER_CHUNK], dtype_name))), self.kind)
-            for start in range(0, rows.shape[0], _ROWS_PER_CHUNK)
-        ]
-        self._set(*_joined(pieces))
+        self._set(*_quantized_by_chunks(rows, dtype_name, self.kind))
 
     def _take_quantized(self, name: str, expected: str, value: np.ndarray, dtype_name: str) -> None:
         if dtype_name != expected:
@@ -213,12 +209,22 @@ class _WeightOnlyLayer(nn.Layer):
         return f"out={self.out_features}, in={self.in_features}, kind={self.kind}"
 
 
-def _joined(pieces: List[Tuple[paddle.Tensor, Optional[paddle.Tensor]]]) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
-    """``(qweight, scales)`` of row chunks quantised one at a time (rows are independent)."""
-    if len(pieces) == 1:
-        return pieces[0]
-    qweight = paddle.concat([q for q, _ in pieces])
-    return qweight, None if pieces[0][1] is None else paddle.concat([s for _, s in pieces])
+def _quantized_by_chunks(rows: np.ndarray, dtype_name: str, kind: str) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+    """``(qweight, scales)`` of the stored float weight ``rows [out, in]``, quantised
+    _ROWS_PER_CHUNK rows at a time (rows are independent) into tensors allocated once: neither a
+    float32 copy nor a concatenation ever holds the whole weight (the 3B's embedding is 1.2 GB
+    in float32, and a concatenation would need its quantised size twice)."""
+    qweight = scales = None
+    for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
+        chunk = paddle.to_tensor(np.ascontiguousarray(to_float32(rows[start:start + _ROWS_PER_CHUNK], dtype_name)))
+        q, s = quantize_weight(chunk, kind)
+        if qweight is None:
+            qweight = paddle.empty([rows.shape[0], *q.shape[1:]], dtype=q.dtype)
+            scales = None if s is None else paddle.empty([rows.shape[0], *s.shape[1:]], dtype=s.dtype)
+        qweight[start:start + q.shape[0]] = q
+        if s is not None:
+            scales[start:start + s.shape[0]] = s
+    return qweight, scales
 
 
 def _words(qweight: paddle.Tensor, transposed: bool) -> np.ndarray:
