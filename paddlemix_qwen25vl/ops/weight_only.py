@@ -46,7 +46,7 @@ INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
 # dequantising tiles for MKL's GEMM is faster (the crossover measured between 32 and 64 rows:
 # benchmarks/bench_weight_only.py --prefill).
 GEMV_MAX_ROWS = 32
-DEQUANT_TILE = 1 << 22  # weight elements dequantised at once on the large-M path (16 MiB)
+DEQUANT_TILE = 1 << 23  # weight elements dequantised at once on the large-M path (32 MiB; 16 MiB tiles were 5-25% slower)
 
 
 def _check_kind(kind: str) -> None:
