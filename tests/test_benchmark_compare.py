@@ -286,14 +286,23 @@ def test_llamacpp_rows_on_the_tiny_decoder(tmp_path):
     if not (llamacpp.SOURCES_CACHE / f"llama_cpp_python-{version}" / "vendor").exists():
         pytest.skip("the llama.cpp sources are fetched by the first `compare.py --impls llamacpp` (a 75 MB sdist)")
     checkpoint = checkpoints.build_checkpoint("tiny", tmp_path / "tiny", streamed=False)
-    paths = llamacpp.gguf_files(checkpoint, ["Q8_0"], tmp_path, threads=1)
+    paths = llamacpp.gguf_files(checkpoint, ["Q8_0", "F32"], tmp_path, threads=1)
     sizes = llamacpp.gguf_weight_bytes(paths["Q8_0"])
     assert sizes["tensor_types"]["Q8_0"] > 0 and sizes["weight_bytes"] > 0
-    spec = {"task": "llamacpp_timing", "gguf": str(paths["Q8_0"]), "threads": 1, "repeats": 1, "new_tokens": 3,
-            "prompt_ids": [151644, 872, 198, 9707, 151645]}
-    result = run_worker(spec)
-    assert "error" not in result, result.get("error")
-    assert len(result["tokens"]) == 3 and result["prompt_tokens"] == 5 and result["decode_tok_s"] > 0
+    assert llamacpp.gguf_weight_bytes(paths["F32"])["tensor_types"]["F32"] > 0
+    prompt = [151644, 872, 198, 9707, 151645]
+    reference = run_worker({"task": "llamacpp_reference", "gguf": str(paths["F32"]), "threads": 1,
+                            "prompt_ids": prompt, "teacher_steps": 6})
+    assert "error" not in reference, reference.get("error")
+    assert len(reference["continuation"]) == 6
+    for gguf_type in ("Q8_0", "F32"):
+        spec = {"task": "llamacpp_timing", "gguf": str(paths[gguf_type]), "threads": 1, "repeats": 1, "new_tokens": 3,
+                "prompt_ids": prompt, "llamacpp_continuation": reference["continuation"]}
+        result = run_worker(spec)
+        assert "error" not in result, result.get("error")
+        assert len(result["tokens"]) == 3 and result["prompt_tokens"] == 5 and result["decode_tok_s"] > 0
+        assert result["teacher_steps"] == 6 and 0 <= result["top1_agreement"] <= 1
+    assert result["top1_agreement"] == 1.0  # F32 teacher-forced on its own greedy tokens: every position agrees
 
 
 @needs_transformers

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .checkpoints import DEFAULT_CACHE
 
 GGUF_TYPES = ("F16", "Q8_0", "Q4_0")
+CONVERTED_TYPES = ("F16", "F32")  # F32: the reference of llama.cpp's own top-1 agreement
 SOURCES_CACHE = DEFAULT_CACHE.parent / "llamacpp"  # ~/.cache/paddlemix_qwen25vl/llamacpp
 BATCH = 512  # llama.cpp's default n_batch: the prompt is decoded in chunks of this many tokens
 KV_BYTES = 2  # llama.cpp's default KV cache type is F16
@@ -59,24 +60,30 @@ def _quantize(f16: Path, out: Path, gguf_type: str, threads: int) -> None:
     tmp.replace(out)
 
 
+def _convert(checkpoint: Path, out: Path, gguf_type: str, version: str) -> None:
+    """llama.cpp's ``convert_hf_to_gguf.py`` of the checkpoint's decoder to F16 or F32."""
+    print(f"Converting {checkpoint} to GGUF {gguf_type} (once)", flush=True)
+    script = llamacpp_sources(version) / "convert_hf_to_gguf.py"
+    tmp = out.with_suffix(".partial")
+    proc = subprocess.run([sys.executable, str(script), str(checkpoint), "--outtype", gguf_type.lower(),
+                           "--outfile", str(tmp)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed: {proc.stderr[-2000:]}")
+    tmp.replace(out)
+
+
 def gguf_files(checkpoint: Path, types: Sequence[str], cache_dir: Path, threads: int) -> Dict[str, Path]:
-    """The checkpoint's decoder as GGUF files, one per type (F16 converted, the rest quantised
-    from it), cached next to the checkpoints."""
+    """The checkpoint's decoder as GGUF files, one per type (F16 and F32 converted, the rest
+    quantised from F16), cached next to the checkpoints."""
     version = llamacpp_version()
     if version is None:
         raise RuntimeError("llama-cpp-python is not installed (pip install -r benchmarks/requirements.txt)")
     out_dir = cache_dir / "gguf"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {t: out_dir / f"{checkpoint.name}-llamacpp{version}-{t.lower()}.gguf" for t in ("F16", *types)}
-    if not paths["F16"].exists():
-        print(f"Converting {checkpoint} to GGUF F16 (once)", flush=True)
-        script = llamacpp_sources(version) / "convert_hf_to_gguf.py"
-        tmp = paths["F16"].with_suffix(".partial")
-        proc = subprocess.run([sys.executable, str(script), str(checkpoint), "--outtype", "f16", "--outfile", str(tmp)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"convert_hf_to_gguf.py failed: {proc.stderr[-2000:]}")
-        tmp.replace(paths["F16"])
+    for t in ("F16", *types):
+        if t in CONVERTED_TYPES and not paths[t].exists():
+            _convert(checkpoint, paths[t], t, version)
     for t in types:
         if not paths[t].exists():
             print(f"Quantising GGUF F16 to {t} (once)", flush=True)
@@ -119,6 +126,14 @@ class _Decoder:
         logits = self.np.ctypeslib.as_array(api.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
         return int(logits.argmax())
 
+    def teacher_top1(self, prompt: Sequence[int], continuation: Sequence[int]) -> List[int]:
+        """The most likely token at each position of ``continuation`` when fed the prompt and the
+        continuation so far (teacher forcing, token by token through the cache)."""
+        self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
+        for i in range(0, len(prompt), BATCH):
+            top1 = [self._decode(prompt[i:i + BATCH])]
+        return top1 + [self._decode([token]) for token in continuation[:-1]]
+
     def generate(self, prompt: Sequence[int], new_tokens: int) -> Dict[str, Any]:
         """Greedy ``new_tokens`` after ``prompt`` from an empty cache: tokens and when each was chosen."""
         self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
@@ -149,9 +164,26 @@ def run_llamacpp_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
     runs = [decoder.generate(prompt, new_tokens) for _ in range(spec["repeats"])]
     prefill = [r["prefill_s"] for r in runs]
     decode = [r["decode_tok_s"] for r in runs]
+    peak_rss_mib = status_kib("VmHWM") / 1024
+    continuation = spec.get("llamacpp_continuation")
+    agreement = {}
+    if continuation:  # after the timing: teacher forcing does not change what the timing measured
+        top1 = decoder.teacher_top1(prompt, continuation)
+        agreement = {"top1_agreement": sum(a == b for a, b in zip(top1, continuation)) / len(continuation),
+                     "teacher_steps": len(continuation), "top1_reference": "llama.cpp F32"}
     return {"load_s": load_s, "preprocess_s": None, "vision_s": None, "prefill_s": min(prefill),
             "decode_tok_s": max(decode), "generate_s": min(p + (new_tokens - 1) / d for p, d in zip(prefill, decode)),
             "samples": {"prefill_s": prefill, "decode_tok_s": decode}, "prompt_tokens": len(prompt), "grids": [],
-            "new_tokens": new_tokens, "tokens": runs[-1]["tokens"], "peak_rss_mib": status_kib("VmHWM") / 1024,
+            "new_tokens": new_tokens, "tokens": runs[-1]["tokens"], "peak_rss_mib": peak_rss_mib,
             "kv_bytes": KV_BYTES, "llamacpp_version": llama_cpp.__version__,
-            "system_info": llama_cpp.llama_print_system_info().decode().strip(), **gguf_weight_bytes(Path(spec["gguf"]))}
+            "system_info": llama_cpp.llama_print_system_info().decode().strip(), **gguf_weight_bytes(Path(spec["gguf"])),
+            **agreement}
+
+
+def run_llamacpp_reference(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Worker task: llama.cpp's F32 greedy continuation of ``spec["teacher_steps"]`` tokens after
+    ``spec["prompt_ids"]``: what its other types' top-1 agreement is counted against, as this
+    library's float32 continuation is for its own precisions."""
+    prompt: List[int] = spec["prompt_ids"]
+    decoder = _Decoder(spec["gguf"], spec["threads"], len(prompt) + spec["teacher_steps"] + 8)
+    return {"continuation": decoder.generate(prompt, spec["teacher_steps"])["tokens"]}

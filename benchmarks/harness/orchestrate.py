@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .checkpoints import bench_config, ensure_checkpoint
 from .common import run_worker
@@ -71,18 +71,20 @@ def plan_runs(args: argparse.Namespace, checkpoint: Path, notes: List[str]) -> L
     return [{**base, **lib, "media": m} for m in args.media for lib in libraries]
 
 
-def _attach_gguf(runs: List[Dict[str, Any]], checkpoint: Path, args: argparse.Namespace, notes: List[str]) -> None:
-    """The GGUF file of each llama.cpp run (converted and quantised once); a failure (llama-cpp-python
-    missing, the conversion failing) is a note and the rows are skipped."""
+def _attach_gguf(runs: List[Dict[str, Any]], checkpoint: Path, args: argparse.Namespace, notes: List[str]) -> Optional[Path]:
+    """The GGUF file of each llama.cpp run (converted and quantised once); returns the F32 file
+    its top-1 agreement is counted against. A failure (llama-cpp-python missing, the conversion
+    failing) is a note and the rows are skipped."""
     types = list(dict.fromkeys(r["precision"] for r in runs if r["impl"] == "llamacpp"))
     try:
-        paths = gguf_files(checkpoint, types, args.cache_dir, args.threads)
+        paths = gguf_files(checkpoint, types + ["F32"], args.cache_dir, args.threads)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
         notes.append(f"llama.cpp skipped: {str(error)[-300:]}")
-        return
+        return None
     for run in runs:
         if run["impl"] == "llamacpp":
             run["gguf"] = str(paths[run["precision"]])
+    return paths["F32"]
 
 
 class _Session:
@@ -122,15 +124,32 @@ class _Session:
                     run["reference"] = reference
 
     def timing_rows(self, specs: List[Dict[str, Any]], checkpoint: Path) -> None:
-        llama = [s for s in specs if s["impl"] == "llamacpp"]
-        if llama:
-            _attach_gguf(llama, checkpoint, self.args, self.results["notes"])
+        llama = [s for s in specs if s["impl"] == "llamacpp" and "prompt_ids" in s]
+        reference = llama and _attach_gguf(llama, checkpoint, self.args, self.results["notes"])
+        if reference:
+            self.llamacpp_reference(llama, reference)
         for spec in specs:
             if spec["impl"] == "llamacpp" and ("prompt_ids" not in spec or "gguf" not in spec):
                 continue  # no reference prompt or no GGUF file: said in the notes
             result = self.step(f"{spec['media']} {spec['label']}", spec, spec.get("python", sys.executable))
             self.results["rows"].append({k: spec[k] for k in ROW_KEYS if k in spec} | result)
             self.snapshot()
+
+    def llamacpp_reference(self, llama: List[Dict[str, Any]], f32: Path) -> None:
+        """llama.cpp's F32 greedy continuation of each input's prompt, which its rows' top-1
+        agreement is counted against (llama.cpp's prompt has no image features, so this
+        library's float32 continuation is not its reference)."""
+        for media in dict.fromkeys(s["media"] for s in llama):
+            specs = [s for s in llama if s["media"] == media]
+            spec = {"task": "llamacpp_reference", "gguf": str(f32), "threads": self.args.threads,
+                    "prompt_ids": specs[0]["prompt_ids"], "teacher_steps": self.args.teacher_steps}
+            reference = self.step(f"{media} llama.cpp F32 reference", spec)
+            if "error" in reference:
+                self.results["notes"].append(f"{media} llama.cpp F32 reference failed (no llama.cpp agreement): "
+                                             f"{reference['error'][-300:]}")
+                continue
+            for s in specs:
+                s["llamacpp_continuation"] = reference["continuation"]
 
     def vision_memory(self, impl: str, checkpoint: Path) -> None:
         """The vision-memory points of ``impl`` with its fastest attention on the first input."""
@@ -169,7 +188,9 @@ def compare(args: argparse.Namespace) -> Dict[str, Any]:
                                "paddleformers_repeats": args.paddleformers_repeats, "new_tokens": args.new_tokens,
                                "machine": {}, "rows": [], "vision_memory": {}, "references": {}, "notes": notes,
                                "load_average": {"start": os.getloadavg()}}
-    total = 2 + len(runs) + len(memory_impls) * len(args.memory_sizes) + len(args.media) * _needs_reference(runs)[0]
+    llama_media = len({r["media"] for r in runs if r["impl"] == "llamacpp"})
+    total = (2 + len(runs) + len(memory_impls) * len(args.memory_sizes) + len(args.media) * _needs_reference(runs)[0]
+             + llama_media)
     session = _Session(args, results, total=total)
 
     probe = {"threads": args.threads, "machine_repeats": args.machine_repeats, "gemm_n": args.gemm_n}

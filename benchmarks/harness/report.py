@@ -90,7 +90,8 @@ def _precision_lines(results: Dict[str, Any]) -> List[str]:
                      f"| {_fmt(r['prefill_s'])} | {_fmt(decoder)} | {_fmt(r['peak_rss_mib'] / 1024)} | {agree} |")
     lines.append("")
     lines.append("decoder prefill = prefill - the vision tower's time (measured alone); llama.cpp runs the decoder "
-                 "only, on the same token ids (the pad tokens as plain tokens), so its prefill is the decoder's.")
+                 "only, on the same token ids (the pad tokens as plain tokens), so its prefill is the decoder's. "
+                 "llama.cpp's top-1 is counted against llama.cpp's own F32 GGUF of the same decoder on that prompt.")
     return lines
 
 

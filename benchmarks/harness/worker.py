@@ -8,7 +8,7 @@ from typing import Any, Dict
 from .checkpoints import build_checkpoint
 from .common import print_result
 from .machine import run_machine, run_torch_gemm
-from .llamacpp import run_llamacpp_timing
+from .llamacpp import run_llamacpp_reference, run_llamacpp_timing
 from .runs import run_load_generate, run_reference, run_timing, run_vision_memory
 
 
@@ -19,7 +19,7 @@ def _build(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 TASKS = {"build": _build, "timing": run_timing, "vision_memory": run_vision_memory, "machine": run_machine,
          "torch_gemm": run_torch_gemm, "reference": run_reference, "load_generate": run_load_generate,
-         "llamacpp_timing": run_llamacpp_timing}
+         "llamacpp_timing": run_llamacpp_timing, "llamacpp_reference": run_llamacpp_reference}
 
 
 def worker_main(spec: Dict[str, Any]) -> None:
