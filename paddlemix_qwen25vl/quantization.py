@@ -39,7 +39,8 @@ from paddlenlp.quantization.quantization_config import QuantizationConfig
 from .checkpoint_io import CheckpointError, tensor_to_numpy, to_float32, to_paddle
 from .distributed.layers import TiedLMHead
 from .loading import Saved, Target, parameter_saved, parameter_target
-from .ops.weight_only import INT4_GROUP, WEIGHT_KINDS, quantize_weight, weight_only_embedding, weight_only_linear
+from .ops.weight_only import (INT4_GROUP, WEIGHT_KINDS, ensure_weight_only_ops, quantize_weight, weight_only_embedding,
+                              weight_only_linear)
 from .runtime import on_gpu
 
 __all__ = [
@@ -319,6 +320,7 @@ def quantize_model(model: nn.Layer, kind: str, prequantized: bool = False) -> nn
         _swap(parent, name, WeightOnlyLinear(linear, kind, prequantized))
         _quantize_now(linear, parent._sub_layers[name])
     if not on_gpu():
+        ensure_weight_only_ops()
         text = model.model
         embedding = WeightOnlyEmbedding(text.embed_tokens, kind, prequantized)
         _quantize_now(text.embed_tokens, embedding)

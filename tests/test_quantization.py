@@ -227,6 +227,32 @@ def test_generate_works_for_each_kind(bf16_valued, inputs, kind):
         np.testing.assert_array_equal(tokens.numpy(), reference.generate(**inputs, max_new_tokens=3, min_new_tokens=3)[0].numpy())
 
 
+def test_cpu_load_builds_the_kernels_or_warns(tiny_checkpoint, inputs, monkeypatch, caplog):
+    """A bfloat16/int8/int4 load on CPU compiles the kernels when they are missing (not a silent
+    fallback that dequantises every weight at every call); if that build fails it warns and the
+    fallback runs."""
+    from paddlemix_qwen25vl.ops import weight_only
+
+    if has_gpu():
+        pytest.skip("the CPU kernels are for CPU loads")
+    built = []
+    monkeypatch.setattr(weight_only, "weight_only_ops_available", lambda: bool(built))
+    monkeypatch.setattr(weight_only, "build_ops", lambda: built.append(True))
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type="weight_only_int8")
+    assert built == [True]
+
+    def no_compiler():
+        raise RuntimeError("g++: not found")
+
+    built.clear()
+    monkeypatch.setattr(weight_only, "build_ops", no_compiler)
+    with caplog.at_level("WARNING"):
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype="bfloat16")
+    assert "could not be built (RuntimeError: g++: not found)" in caplog.text
+    tokens, _ = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2)  # the fallback computes
+    assert tokens.shape == [1, 2]
+
+
 def test_bad_quant_type_and_tensor_parallel_are_refused(tiny_checkpoint):
     with pytest.raises(ValueError, match="unknown quant_type 'int3'.*weight_only_int8, weight_only_int4"):
         Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type="int3")
