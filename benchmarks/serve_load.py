@@ -22,6 +22,7 @@ import argparse
 import concurrent.futures
 import http.client
 import json
+import os
 import random
 import socket
 import subprocess
@@ -57,11 +58,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, threads: int, max_batch_size: int) -> Tuple[subprocess.Popen, str]:
+def start_server(model: str, threads: int, max_batch_size: int, dtype: str) -> Tuple[subprocess.Popen, str]:
     """The server in its own process (its RSS is measured alone); returns it and its URL once healthy."""
     port = _free_port()
     cmd = [sys.executable, "-m", "paddlemix_qwen25vl.serve", "--port", str(port), "--served_model_name", MODEL,
-           "--dtype", "float32", "--max_batch_size", str(max_batch_size), "--log_level", "warning"]
+           "--dtype", dtype, "--max_batch_size", str(max_batch_size), "--log_level", "warning"]
     if model == "quick":
         cmd += ["--model_path", str(ensure_checkpoint("quick", DEFAULT_CACHE))]
     server = subprocess.Popen(cmd, env=worker_env(threads, sys.executable))
@@ -263,6 +264,9 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="a running loopback server instead (served as model 'bench')")
     parser.add_argument("--threads", type=int, default=2, help="the server's CPU threads")
     parser.add_argument("--max_batch_size", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                        help="the server's --dtype (its default, bfloat16: bfloat16 weights read by the custom kernels "
+                             "for up to 32 rows; float32 batches go through MKL's small-M GEMM)")
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--requests_per_client", type=int, default=6)
     parser.add_argument("--max_seconds", type=float, default=240, help="per level")
@@ -276,7 +280,8 @@ def main() -> None:
 
     from paddlemix_qwen25vl.cpu import cpu_description
 
-    server, url = (None, args.url) if args.url else start_server(args.model, args.threads, args.max_batch_size)
+    load_average_start = os.getloadavg()  # the machine may be shared: its load, 1/5/15 min
+    server, url = (None, args.url) if args.url else start_server(args.model, args.threads, args.max_batch_size, args.dtype)
     try:
         send(url, good_body(0, 4, with_image=True))  # warm-up
         levels = []
@@ -286,11 +291,11 @@ def main() -> None:
             print(json.dumps(levels[-1]), flush=True)
         by_clients = {lv["clients"]: lv["output_tokens_per_second"] for lv in levels}
         report = {
-            "model": args.url or args.model, "server_threads": args.threads, "max_batch_size": args.max_batch_size,
+            "model": args.url or args.model, "server_threads": args.threads, "server_dtype": args.dtype, "max_batch_size": args.max_batch_size,
             "max_tokens": args.max_tokens, "bad_share": args.bad_share,
-            # the server process chooses its own MKL code path when it loads the model
-            "cpu": {k: v for k, v in cpu_description().items() if k != "mkl_code_path"},
-            "note": "2 shared cores: other jobs ran on the machine at the same time, numbers are noisy",
+            # the server process sets its own MKL code path and idle threads when it loads the model
+            "cpu": {k: v for k, v in cpu_description().items() if k not in ("mkl_code_path", "mkl_idle_threads")},
+            "load_average": {"start": load_average_start, "end": os.getloadavg()},
             "levels": levels,
             "tokens_per_second_8_vs_1": round(by_clients[8] / by_clients[1], 3) if {1, 8} <= set(by_clients) else None,
         }
