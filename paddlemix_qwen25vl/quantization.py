@@ -215,6 +215,8 @@ def _quantized_by_chunks(rows: np.ndarray, dtype_name: str, kind: str) -> Tuple[
     _ROWS_PER_CHUNK rows at a time (rows are independent) into tensors allocated once: neither a
     float32 copy nor a concatenation ever holds the whole weight (the 3B's embedding is 1.2 GB
     in float32, and a concatenation would need its quantised size twice)."""
+    if rows.shape[0] <= _ROWS_PER_CHUNK:  # one chunk: its result is the tensor, no copy
+        return quantize_weight(paddle.to_tensor(np.ascontiguousarray(to_float32(rows, dtype_name))), kind)
     qweight = scales = None
     for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
         chunk = paddle.to_tensor(np.ascontiguousarray(to_float32(rows[start:start + _ROWS_PER_CHUNK], dtype_name)))
