@@ -10,8 +10,8 @@ import pytest
 from paddlemix_qwen25vl.ops import weight_only
 from paddlemix_qwen25vl.ops.loader import get_ops
 from paddlemix_qwen25vl.ops.weight_only import (
-    GEMV_MAX_ROWS,
     INT4_GROUP,
+    KERNEL_MAX_ROWS,
     WEIGHT_KINDS,
     dequantize_weight,
     quantize_weight,
@@ -160,25 +160,40 @@ def test_kernels_match_float64(cpu_level, kind, n, k):
     qweight, scales = quantize_weight(paddle.to_tensor(_weight(n, k)), kind)
     w_hat = dequantize_weight(qweight, scales, kind).numpy().astype(np.float64)
     bias = rng.standard_normal(n).astype(np.float32)
-    for m in (1, 3, 17, GEMV_MAX_ROWS + 1):  # 17: four 4-row blocks and one row left over
+    for m in (1, 3, 17, KERNEL_MAX_ROWS + 1):  # 17: four 4-row blocks and one row left over
         x = rng.standard_normal((m, k)).astype(np.float32)
         want = x.astype(np.float64) @ w_hat.T + bias
         bound = _kernel_error_bound(x, qweight, scales, kind, cpu_level)
         got = get_ops().qwen25vl_weight_only_linear(paddle.to_tensor(x), qweight, scales, paddle.to_tensor(bias))
         assert np.all(np.abs(got.numpy() - want) <= bound), (m, np.abs(got.numpy() - want).max())
         wrapped = weight_only_linear(paddle.to_tensor(x)[None], qweight, scales, paddle.to_tensor(bias), kind)
-        assert np.all(np.abs(wrapped.numpy()[0] - want) <= bound), m  # the last M: dequantise + matmul
+        assert np.all(np.abs(wrapped.numpy()[0] - want) <= bound), m
+    tiles = weight_only.dequantized_matmul(paddle.to_tensor(x), qweight, scales, paddle.to_tensor(bias), kind)
+    assert np.all(np.abs(tiles.numpy() - want) <= _kernel_error_bound(x, qweight, scales, kind, "baseline"))
     ids = np.array([[n - 1, 0], [2, 2]], np.int64)
     rows = weight_only_embedding(paddle.to_tensor(ids), qweight, scales, kind)
     np.testing.assert_array_equal(rows.numpy(), w_hat[ids].astype(np.float32))
 
 
-def test_large_m_takes_the_dequantized_matmul(monkeypatch):
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+def test_large_m_takes_the_dequantized_matmul(monkeypatch, kind):
     calls = []
     monkeypatch.setattr(weight_only, "dequantized_matmul", lambda *args: calls.append(args[0].shape) or args[0][:, :4])
-    qweight, scales = quantize_weight(paddle.to_tensor(_weight(4, 64)), "weight_only_int8")
-    weight_only_linear(paddle.ones([2, GEMV_MAX_ROWS, 64]), qweight, scales, None, "weight_only_int8")
-    assert calls == [[2 * GEMV_MAX_ROWS, 64]]
+    qweight, scales = quantize_weight(paddle.to_tensor(_weight(4, 64)), kind)
+    weight_only_linear(paddle.ones([2, KERNEL_MAX_ROWS // 2, 64]), qweight, scales, None, kind)
+    assert calls == []  # up to KERNEL_MAX_ROWS rows: the kernel
+    # past the activations a bfloat16 kernel keeps in cache: dequantised tiles at every level
+    rows = 2 * (weight_only.BF16_AVX512_MAX_ACTIVATIONS // 64)
+    weight_only_linear(paddle.ones([2, rows // 2, 64]), qweight, scales, None, kind)
+    assert calls == [[rows, 64]]
+
+
+def test_bfloat16_reads_directly_past_128_rows_on_avx512_only(monkeypatch):
+    for isa, direct in (("avx512", True), ("avx2", False), ("baseline", False)):
+        monkeypatch.setattr(weight_only, "cpu_isa", lambda isa=isa: isa)
+        assert weight_only.kernel_reads_directly(512, 2048, "bfloat16") is direct
+        assert not weight_only.kernel_reads_directly(512, 2048, "weight_only_int8")
+        assert weight_only.kernel_reads_directly(KERNEL_MAX_ROWS, 2048, "weight_only_int4")
 
 
 def test_kernel_rejects_an_out_of_range_row():

@@ -109,9 +109,16 @@ struct Int8Row {
   PMQ_INLINE float one(int64_t i) const { return float(p[i]); }
 };
 
-// Weight rows per tile for R activation rows: NB x R accumulators (4) keep
-// enough FMA chains in flight and give the prefetchers NB streams at once.
-constexpr int tile_rows(int r) { return r == 1 ? 4 : r == 2 ? 2 : 1; }
+// Weight rows per tile for R activation rows: NB x R accumulators keep enough
+// FMA chains in flight, give the prefetchers NB streams at once, and let each
+// activation vector loaded serve NB weight rows: with one weight row per tile,
+// 4 activation rows (from L2 beyond a few rows) cost one load per FMA and
+// M = 8 ran 3.1x slower than M = 1 (bench_weight_only.py). AVX-512 has 32
+// vector registers: 4 x 4 accumulators; AVX2 has 16: up to 4 x 2. The
+// baseline keeps small tiles: its int4 tile holds two accumulator sets.
+constexpr int tile_rows(int r) {
+  return PMQ_WO_LANES == 16 ? 4 : PMQ_WO_LANES == 8 ? (r <= 2 ? 4 : 2) : (r == 1 ? 4 : r == 2 ? 2 : 1);
+}
 
 // sums[b][r] = w_b . x_r for NB weight rows and R activation rows ldx apart.
 template <int W, int NB, int R, typename Row>

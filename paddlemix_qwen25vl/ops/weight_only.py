@@ -28,6 +28,7 @@ import logging
 
 import paddle
 
+from ..cpu import cpu_isa
 from ..log import warn_once
 from .loader import BUILD_DIR, build_ops, get_ops
 
@@ -48,10 +49,12 @@ WEIGHT_KINDS = ("bfloat16", "weight_only_int8", "weight_only_int4")
 INT4_GROUP = 128  # inputs sharing one int4 scale
 INT8_MAX, INT4_MAX, INT4_MIN = 127, 7, -8
 INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
-# Up to this many activation rows the kernel reads the quantised weight directly; beyond,
-# dequantising tiles for MKL's GEMM is faster (the crossover measured between 32 and 64 rows:
-# benchmarks/bench_weight_only.py --prefill).
-GEMV_MAX_ROWS = 32
+# Up to KERNEL_MAX_ROWS activation rows the kernel reads the quantised weight directly; beyond,
+# dequantising tiles for MKL's GEMM is faster. On AVX-512 the bfloat16 kernel keeps winning while
+# its float32 activations (M x K) fit the cache, BF16_AVX512_MAX_ACTIVATIONS (measured with
+# benchmarks/bench_weight_only.py --prefill; benchmarks/README.md, "Prefill").
+KERNEL_MAX_ROWS = 128
+BF16_AVX512_MAX_ACTIVATIONS = 1 << 22  # floats: 16 MiB
 DEQUANT_TILE = 1 << 23  # weight elements dequantised at once on the large-M path (32 MiB; 16 MiB tiles were 5-25% slower)
 
 
@@ -184,12 +187,19 @@ def dequantized_matmul(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.
     return out if bias is None else out + bias
 
 
+def kernel_reads_directly(rows: int, k: int, kind: str) -> bool:
+    """Whether ``rows`` activation rows of ``k`` inputs go through the kernel (else dequantised tiles)."""
+    if rows <= KERNEL_MAX_ROWS:
+        return True
+    return kind == "bfloat16" and rows * k <= BF16_AVX512_MAX_ACTIVATIONS and cpu_isa() == "avx512"
+
+
 def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.Tensor | None,
                        bias: paddle.Tensor | None, kind: str) -> paddle.Tensor:
     """``x @ W^T + bias`` for float32 x ``[..., K]`` and the quantised W ``[N, K]``: ``[..., N]`` float32.
 
-    Compiled kernels: M <= GEMV_MAX_ROWS rows read the quantised weight directly (decode),
-    more rows go through :func:`dequantized_matmul` (prefill)."""
+    Compiled kernels: up to the rows :func:`kernel_reads_directly` allows (decode, short
+    prompts) read the quantised weight directly, more go through :func:`dequantized_matmul`."""
     _check_quantized(qweight, scales, kind)
     k = in_features(qweight, kind)
     if x.shape[-1] != k or x.dtype != paddle.float32:
@@ -201,7 +211,7 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.
         out = paddle.matmul(x, _dequantize_rows(qweight, scales, kind), transpose_y=True)
         return out if bias is None else out + bias
     rows = x.reshape([-1, k])  # [M, K]
-    if rows.shape[0] <= GEMV_MAX_ROWS:
+    if kernel_reads_directly(rows.shape[0], k, kind):
         out = get_ops().qwen25vl_weight_only_linear(rows, qweight, scales, bias)
     else:
         out = dequantized_matmul(rows, qweight, scales, bias, kind)
