@@ -8,14 +8,16 @@ Each method cycles through enough copies of its weight to exceed the last-level 
 weights stream from memory as in a model.
 
 Prefill (``--prefill``): the kernel against dequantise-then-matmul (the wrapper's large-M path)
-and float32 matmul for growing M, to place the wrapper's threshold (GEMV_MAX_ROWS).
+and float32 matmul for growing M on decoder and vision shapes, to place the wrapper's routing
+(``kernel_reads_directly``: KERNEL_MAX_ROWS, BF16_AVX512_MAX_ACTIVATIONS). Run it once more with
+``PADDLEMIX_CPU_ISA=avx2 ... --output results/weight_only_avx2.json`` for the AVX2 kernels.
 
 Results: benchmarks/results/weight_only.json. The machine is shared: numbers move with other
 load, the JSON records the thread count, clock, load average and CPU. ``--threads 1`` times the
 calling thread's CPU time, which that load inflates least (2-thread wall time on a loaded
 2-core machine measures the scheduler: a preempted OpenMP thread holds the call for a time slice).
 
-Usage: python benchmarks/bench_weight_only.py [--threads 2] [--rows 1,4] [--quick] [--prefill]
+Usage: python benchmarks/bench_weight_only.py [--threads 2] [--rows 1,4] [--quick] [--prefill] [--output PATH]
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Dict, List
 
 from harness.common import RESULTS_DIR
@@ -35,10 +38,13 @@ SHAPES = {
     "gate_up_11008x2048": (11008, 2048),
     "down_2048x11008": (2048, 11008),
     "lm_head_151936x2048": (151936, 2048),
+    "vision_up_3420x1280": (3420, 1280),
+    "vision_down_1280x3420": (1280, 3420),
 }
 QUICK_SHAPES = ["q_o_proj_2048x2048", "kv_proj_256x2048", "gate_up_11008x2048", "down_2048x11008"]
-PREFILL_SHAPES = ["q_o_proj_2048x2048", "gate_up_11008x2048"]
-PREFILL_ROWS = [1, 4, 8, 16, 32, 64, 128, 512]
+PREFILL_SHAPES = ["q_o_proj_2048x2048", "gate_up_11008x2048", "down_2048x11008", "vision_up_3420x1280",
+                  "vision_down_1280x3420"]
+PREFILL_ROWS = [1, 8, 32, 128, 256, 512, 1024]
 STREAM_BYTES = 96 << 20  # each method's weight copies together: 3x this CPU's 32 MiB L3
 
 
@@ -125,7 +131,8 @@ def main() -> None:
     parser.add_argument("--rows", default="1,4", help="activation rows M of the decode runs, comma-separated")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="skip the lm_head shape")
-    parser.add_argument("--prefill", action="store_true", help="also time growing M (the large-M threshold)")
+    parser.add_argument("--prefill", action="store_true", help="also time growing M (the large-M routing)")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "weight_only.json"))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # the kernels' OpenMP pool
     import paddle
@@ -143,7 +150,7 @@ def main() -> None:
     if args.threads == 1:
         CLOCK["seconds"] = time.thread_time
     record = {"threads": args.threads, "clock": "thread CPU time" if args.threads == 1 else "wall time",
-              "cpu": cpu_description(), "load_average": os.getloadavg(),
+              "cpu": cpu_description(), "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d"),
               "note": "shared machine: other jobs ran alongside", "decode": {}, "prefill": {}}
     with paddle.no_grad():
         for name in QUICK_SHAPES if args.quick else SHAPES:
@@ -153,8 +160,8 @@ def main() -> None:
             for name in PREFILL_SHAPES:
                 print(f"prefill {name}", flush=True)
                 record["prefill"][name] = bench_prefill(*SHAPES[name], max(3, args.repeats // 10))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "weight_only.json"
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
 

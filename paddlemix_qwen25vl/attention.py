@@ -106,20 +106,24 @@ def dense_attention(
     mask: Optional[paddle.Tensor],
     implementation: str,
     scale: Optional[float] = None,
+    key_starts: Optional[paddle.Tensor] = None,
 ) -> paddle.Tensor:
     """Attention over padded batches: q ``[B, Lq, H, D]``, k/v ``[B, Lk, KVH, D]`` -> ``[B, Lq, H, D]``.
 
-    ``mask`` is additive, ``[B or 1, 1, Lq, Lk]``. ``flash_attention_2`` is handled by the caller
+    ``mask`` is additive, ``[B or 1, 1, Lq, Lk]``; ``key_starts [B]`` (int64, a decode step of a
+    left-padded batch, see :func:`~.attention_math.left_padding_starts`) says the same mask as each
+    row's first real key. ``flash_attention_2`` is handled by the caller
     through :func:`varlen_attention` (it needs unpadded tokens). Off the GPU, ``sdpa`` with
     grouped-query heads runs the grouped math too: Paddle's CPU backend copies every kv head
     G times first, which dominated decode steps (benchmarks/README.md, "Why the code is the way it is").
-    A CPU decode step without mask (one query per sequence, no gradient) runs that math as one
-    operator, :func:`~paddlemix_qwen25vl.ops.decode_attention.decode_attention`, when it is built.
+    A CPU decode step without mask or with ``key_starts`` (one query per sequence, no gradient)
+    runs that math as one operator, :func:`~paddlemix_qwen25vl.ops.decode_attention.decode_attention`,
+    when it is built.
     """
     scale = softmax_scale(scale, q.shape[-1])
     grouped = implementation == "eager" or (implementation == "sdpa" and q.shape[2] != k.shape[2] and not tensor_on_gpu(q))
-    if grouped and mask is None and decode_attention_applies(q):  # a CPU decode step: the same math in one op
-        return decode_attention(q, k, v, scale)  # reads cache views in place
+    if grouped and (mask is None or key_starts is not None) and decode_attention_applies(q):
+        return decode_attention(q, k, v, scale, key_starts)  # a CPU decode step in one op, cache views read in place
     if not k.is_contiguous():  # views of a preallocated cache: Paddle's matmul reads strided inputs far slower
         k, v = k.clone(), v.clone()
     if grouped:

@@ -39,8 +39,8 @@ from paddlenlp.quantization.quantization_config import QuantizationConfig
 from .checkpoint_io import CheckpointError, tensor_to_numpy, to_float32, to_paddle
 from .distributed.layers import TiedLMHead
 from .loading import Saved, Target, parameter_saved, parameter_target
-from .ops.weight_only import (INT4_GROUP, WEIGHT_KINDS, ensure_weight_only_ops, quantize_weight, weight_only_embedding,
-                              weight_only_linear)
+from .ops.weight_only import (INT4_GROUP, WEIGHT_KINDS, check_quantized, ensure_weight_only_ops, quantize_weight,
+                              weight_only_embedding, weight_only_matmul)
 from .runtime import on_gpu
 
 __all__ = [
@@ -183,6 +183,8 @@ class _WeightOnlyLayer(nn.Layer):
         self._set(self._pending.pop("qweight"), self._pending.pop("scales"))
 
     def _set(self, qweight: paddle.Tensor, scales: Optional[paddle.Tensor]) -> None:
+        if not self.gpu:  # checked once here: forward skips the checks (weight_only_matmul)
+            check_quantized(qweight, scales, self.kind)
         self.register_buffer("qweight", qweight, persistable=True)
         self.register_buffer("scales", scales, persistable=True)
 
@@ -260,7 +262,7 @@ class WeightOnlyLinear(_WeightOnlyLayer):
                 x, self.qweight, bias=self.bias, weight_scale=self.scales,
                 weight_dtype=_GPU_WEIGHT_DTYPE[self.kind], group_size=_group_size(self.kind),
             )
-        return weight_only_linear(x, self.qweight, self.scales, self.bias, self.kind)
+        return weight_only_matmul(x, self.qweight, self.scales, self.bias, self.kind)
 
 
 class WeightOnlyEmbedding(_WeightOnlyLayer):
@@ -276,7 +278,7 @@ class WeightOnlyEmbedding(_WeightOnlyLayer):
 
     def project(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         """Logits ``[..., V]`` of ``hidden_states [..., C]`` against the table."""
-        return weight_only_linear(hidden_states, self.qweight, self.scales, None, self.kind)
+        return weight_only_matmul(hidden_states, self.qweight, self.scales, None, self.kind)
 
 
 class WeightOnlyTiedHead(nn.Layer):

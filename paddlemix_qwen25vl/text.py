@@ -20,7 +20,7 @@ import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
 from .attention import dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
-from .attention_math import causal_padding_mask
+from .attention_math import causal_padding_mask, left_padding_starts
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
 from .distributed.context import SINGLE, ParallelContext
@@ -38,6 +38,7 @@ class AttentionLayout:
 
     implementation: str  # the kernel this forward runs, resolved from config.attn_implementation
     mask: Optional[paddle.Tensor] = None  # [B, 1, Lq, Lk] for eager/sdpa
+    key_starts: Optional[paddle.Tensor] = None  # [B]: the same mask for a CPU decode step of a left-padded batch
     rows_q: Optional[paddle.Tensor] = None  # flat indices of real queries in [B * Lq]
     rows_k: Optional[paddle.Tensor] = None  # flat indices of real keys in [B * Lk]
     cu_seqlens_q: Optional[np.ndarray] = None
@@ -90,7 +91,7 @@ class DecoderAttention(nn.Layer):
             )
             out = paddle.scatter(paddle.zeros_like(q).reshape([batch * q_len, self.num_heads, -1]), layout.rows_q, out_rows)
         else:
-            out = dense_attention(q, k, v, layout.mask, layout.implementation)
+            out = dense_attention(q, k, v, layout.mask, layout.implementation, key_starts=layout.key_starts)
         # o_proj takes this rank's heads and returns their contribution summed over all ranks.
         return self.o_proj(out.reshape([batch, q_len, self.num_heads * self.head_dim]))
 
@@ -187,7 +188,9 @@ class Qwen2_5_VLTextModel(nn.Layer):
             layout = AttentionLayout(implementation)
         else:
             mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
-            layout = AttentionLayout(implementation, mask=mask)
+            starts = left_padding_starts(attention_mask) if q_len == 1 and not on_gpu() else None
+            layout = AttentionLayout(implementation, mask=mask,
+                                     key_starts=None if starts is None else paddle.to_tensor(starts))
 
         cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
         cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, D]: broadcast over heads

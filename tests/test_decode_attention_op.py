@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from paddlemix_qwen25vl import attention
-from paddlemix_qwen25vl.attention_math import grouped_attention
+from paddlemix_qwen25vl.attention_math import causal_padding_mask, grouped_attention, left_padding_starts
 from paddlemix_qwen25vl.ops import decode_attention as decode_module
 from paddlemix_qwen25vl.ops.decode_attention import decode_attention, decode_attention_applies
 
@@ -72,6 +72,36 @@ def test_op_reads_the_filled_prefix_of_a_preallocated_cache_in_place(cpu_level):
     assert err <= 1e-5, f"max abs error {err:.2e}"
 
 
+def test_op_skips_the_padding_keys_of_a_left_padded_batch(cpu_level):
+    """key_starts [B]: row b attends to keys key_starts[b]: only, as a left-padding mask says."""
+    q, k, v = make(3, 8, 2, 64, 40, seed=3)
+    starts = np.array([0, 17, 39], dtype=np.int64)
+    k_padded, v_padded = k.copy(), v.copy()
+    for b, start in enumerate(starts):  # padding keys that would dominate any softmax they entered
+        k_padded[b, :start], v_padded[b, :start] = 1e4, np.nan
+    with paddle.no_grad():
+        got = decode_attention(*(paddle.to_tensor(x) for x in (q, k_padded, v_padded)), 0.125,
+                               paddle.to_tensor(starts)).numpy()
+    for b, start in enumerate(starts):
+        want = oracle(q[b:b + 1], k[b:b + 1, start:], v[b:b + 1, start:], 0.125)
+        err = float(np.abs(got[b:b + 1] - want).max())
+        assert err <= 1e-5, f"row {b}: max abs error {err:.2e}"
+
+
+def test_op_rejects_a_start_past_the_cache():
+    q, k, v = make(2, 4, 2, 16, 8)
+    with pytest.raises(Exception, match=r"key_starts\[1\] = 8 leaves no key of the 8 cached"):
+        decode_attention(*(paddle.to_tensor(x) for x in (q, k, v)), 0.1, paddle.to_tensor(np.array([0, 8])))
+
+
+def test_left_padding_starts():
+    mask = paddle.to_tensor(np.array([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]))
+    np.testing.assert_array_equal(left_padding_starts(mask), [2, 0, 3])
+    assert left_padding_starts(paddle.to_tensor(np.array([[1, 0, 1, 1]]))) is None, "padding inside"
+    assert left_padding_starts(paddle.to_tensor(np.array([[1, 1, 2, 2]]))) is None, "packed samples"
+    assert left_padding_starts(paddle.to_tensor(np.array([[0, 0, 0, 0]]))) is None, "no real key"
+
+
 def test_applies_only_to_cpu_float32_decode_without_gradient():
     q = paddle.zeros([1, 1, 4, 16])
     with paddle.no_grad():
@@ -98,5 +128,11 @@ def test_dense_attention_runs_decode_steps_through_the_op(monkeypatch):
         math_path = grouped_attention(q, k, v, None, 1 / math.sqrt(16))
         mask = paddle.zeros([2, 1, 1, 37])
         attention.dense_attention(q, k, v, mask, "eager")
-    assert len(calls) == 1, "a masked step (padded batch) keeps the grouped math"
+        assert len(calls) == 1, "a masked step without key_starts (any mask) keeps the grouped math"
+        padded = causal_padding_mask(paddle.to_tensor(np.array([[0] * 5 + [1] * 32, [1] * 37])), 2, 1, 36, "float32")
+        starts = paddle.to_tensor(np.array([5, 0]))
+        left_padded = attention.dense_attention(q, k, v, padded, "eager", key_starts=starts)
+        assert len(calls) == 2, "a left-padded decode step uses the operator"
+        masked_math = grouped_attention(q, k, v, padded, 1 / math.sqrt(16))
     np.testing.assert_allclose(fast.numpy(), math_path.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(left_padded.numpy(), masked_math.numpy(), rtol=0, atol=1e-6)

@@ -153,7 +153,7 @@ def test_bad_inputs_name_the_problem():
 # in = 300: not a multiple of 128, 32 or 16 (int4: a 44-input last group); out = 37 and 6: not
 # multiples of the 4-row tiles or the 32-row tasks.
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
-@pytest.mark.parametrize("n, k", [(37, 300), (6, 2050)])
+@pytest.mark.parametrize("n, k", [(37, 300), (6, 2050), (5, 192)])  # 192: an int4 group of one 32-byte chunk
 def test_kernels_match_float64(cpu_level, kind, n, k):
     assert weight_only.weight_only_ops_available()
     rng = np.random.default_rng(2)

@@ -47,7 +47,7 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& s, const float* q,
                          float* dk, float* dv);
 
 // Decode attention on the CPU, float32: one new query per sequence against its
-// whole cache, no mask. q and out [batch, heads, head_dim]; k and v
+// whole cache (from key_starts[b] on, when given), no mask. q and out [batch, heads, head_dim]; k and v
 // [batch, len, kv_heads, head_dim] (the KV cache layout), each sequence's rows
 // packed, sequences kv_batch_stride elements apart; scores are
 // (q . k) * softmax_scale, the softmax is taken over all len keys.
@@ -62,6 +62,9 @@ struct DecodeAttnShape {
   // of a preallocated one.
   int64_t kv_batch_stride;
   float softmax_scale;
+  // Null, or the first key of each sequence [batch]: a left-padded batch's
+  // padding keys before it are skipped (the softmax is over the rest).
+  const int64_t* key_starts;
 };
 
 // Returns false (and writes nothing) unless head_dim is 16, 32, 64 or 128.

@@ -598,14 +598,16 @@ PMQ_INLINE void decode_attn_kernel(std::integral_constant<int, kNv>,
   const int64_t stride = sh.kv_heads * sh.head_dim;
   const int64_t len_padded = round_up(sh.len, kLanes);
   Buffer scores(group * len_padded);
-  for (int64_t b = 0; b < sh.batch; ++b)
+  for (int64_t b = 0; b < sh.batch; ++b) {
+    const int64_t start = sh.key_starts != nullptr ? sh.key_starts[b] : 0;
     for (int64_t hk = 0; hk < sh.kv_heads; ++hk) {
       const int64_t q_row = (b * sh.heads + hk * group) * sh.head_dim;
-      const int64_t kv_row = b * sh.kv_batch_stride + hk * sh.head_dim;
+      const int64_t kv_row = b * sh.kv_batch_stride + start * stride + hk * sh.head_dim;
       decode_group<kNv>(q + q_row, k + kv_row, v + kv_row, out + q_row, group,
-                        sh.len, stride, sh.softmax_scale, scores.data(),
+                        sh.len - start, stride, sh.softmax_scale, scores.data(),
                         len_padded);
     }
+  }
 }
 // name_avx512 / name_avx2 / name_baseline as PMQ_ISA_VARIANTS makes them, each
 // running the body with its level's vector width (see Vec).

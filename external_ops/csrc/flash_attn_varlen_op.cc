@@ -164,6 +164,7 @@ std::vector<paddle::Tensor> FlashAttnVarlenBackward(
 std::vector<paddle::Tensor> DecodeAttentionForward(const paddle::Tensor& q_in,
                                                    const paddle::Tensor& k_in,
                                                    const paddle::Tensor& v_in,
+                                                   const paddle::optional<paddle::Tensor>& key_starts_in,
                                                    float softmax_scale) {
   // k/v may be the filled prefix of a preallocated cache, [batch, len, ...] of
   // [batch, capacity, ...]: read in place, only the batch stride differs.
@@ -184,8 +185,20 @@ std::vector<paddle::Tensor> DecodeAttentionForward(const paddle::Tensor& q_in,
   PD_CHECK(k.shape()[1] > 0, "the cache is empty");
   PD_CHECK(k.strides()[0] == v.strides()[0],
            "k and v must have the same batch stride");
+  const int64_t* key_starts = nullptr;
+  paddle::Tensor starts;
+  if (key_starts_in.is_initialized()) {
+    starts = contiguous(key_starts_in.get());
+    PD_CHECK(starts.is_cpu() && starts.dtype() == paddle::DataType::INT64 &&
+                 starts.shape().size() == 1 && starts.shape()[0] == q.shape()[0],
+             "key_starts must be int64 [batch] on the CPU");
+    key_starts = starts.data<int64_t>();
+    for (int64_t b = 0; b < q.shape()[0]; ++b)
+      PD_CHECK(key_starts[b] >= 0 && key_starts[b] < k.shape()[1], "key_starts[", b, "] = ", key_starts[b],
+               " leaves no key of the ", k.shape()[1], " cached");
+  }
   DecodeAttnShape sh{q.shape()[0], q.shape()[2], k.shape()[2], q.shape()[3],
-                     k.shape()[1], k.strides()[0], softmax_scale};
+                     k.shape()[1], k.strides()[0], softmax_scale, key_starts};
   paddle::Tensor out =
       paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   PD_CHECK(decode_attn_fwd_cpu(sh, q.data<float>(), k.data<float>(),
@@ -228,7 +241,7 @@ PD_BUILD_GRAD_OP(qwen25vl_flash_attn_varlen)
     .SetKernelFn(PD_KERNEL(pmq_ops::FlashAttnVarlenBackward));
 
 PD_BUILD_OP(qwen25vl_decode_attention)
-    .Inputs({"q", "k", "v"})
+    .Inputs({"q", "k", "v", paddle::Optional("key_starts")})
     .Outputs({"out"})
     .Attrs({"softmax_scale: float"})
     .SetKernelFn(PD_KERNEL(pmq_ops::DecodeAttentionForward));

@@ -3,8 +3,8 @@
 //
 // Operators (formats: paddlemix_qwen25vl/ops/weight_only.py; all weights are
 // output-major [N, K]; the weight kind follows from the qweight dtype):
-//   qwen25vl_weight_only_linear(x [M, K] f32, qweight, scales?, bias? [N])
-//       -> [M, N] f32 = x W^T + bias, float32 accumulation.
+//   qwen25vl_weight_only_linear(x [..., K] f32, qweight, scales?, bias? [N])
+//       -> [..., N] f32 = x W^T + bias, float32 accumulation (M = rows of x).
 //   qwen25vl_weight_only_rows(qweight, scales?, ids [R] int64)
 //       -> [R, K] f32: the dequantised rows ids (embedding lookup; the whole
 //       weight, tile by tile, for prefill, where MKL's GEMM then does better).
@@ -28,7 +28,6 @@
 // even half, high nibbles the odd one), and nibbles are summed unscaled per
 // 128-group as sum(nibble * x) - 8 * sum(x), one scale multiply per group.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -100,50 +99,16 @@ struct Activations {
   int64_t m;
 };
 
-// v[0..count) as q = round(v / d) into out, d = max|v| / 127 (0 for all zeros):
-// returns d and adds sum(q) to *qsum.
-float quantize_block(const float* const* v, int64_t count, int8_t* out, int32_t* qsum) {
-  float amax = 0.f;
-  for (int64_t i = 0; i < count; ++i) amax = std::max(amax, std::fabs(*v[i]));
-  const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-  for (int64_t i = 0; i < count; ++i) {
-    out[i] = int8_t(std::nearbyint(*v[i] * inv));
-    *qsum += out[i];
-  }
-  return d;
-}
-
-// x [m, k] quantised for weights of `kind` (int8 or int4), layouts above.
-void quantize_activations(const float* x, int64_t m, int64_t k, Kind kind, QuantizedActivations& q) {
+// q's buffers for x [m, k] and weights of `kind` (int8 or int4), layouts
+// above; quantize_rows_<level> (weight_only_kernels.h) fills them.
+void size_activations(int64_t m, int64_t k, Kind kind, QuantizedActivations& q) {
   const bool int4 = kind == Kind::kInt4;
-  const int64_t kh = k / 2;
   q.groups = int4 ? (k + kInt4Group - 1) / kInt4Group : 0;
-  q.blocks = int4 ? kh / kChunkBytes : k / kActBlock;
+  q.blocks = int4 ? k / 2 / kChunkBytes : k / kActBlock;
   q.ld = q.blocks * (int4 ? 2 * kChunkBytes : kActBlock);
   q.xq.assign(m * q.ld, 0);
   q.dq.assign(m * (int4 ? q.groups : q.blocks), 0.f);
   q.qsums.assign(m * q.groups, 0);
-  const float* v[kInt4Group];
-  for (int64_t r = 0; r < m; ++r) {
-    const float* row = x + r * k;
-    int8_t* out = q.xq.data() + r * q.ld;
-    if (!int4) {
-      int32_t unused = 0;
-      for (int64_t b = 0; b < q.blocks; ++b) {
-        for (int64_t i = 0; i < kActBlock; ++i) v[i] = row + b * kActBlock + i;
-        q.dq[r * q.blocks + b] = quantize_block(v, kActBlock, out + b * kActBlock, &unused);
-      }
-      continue;
-    }
-    for (int64_t g = 0; g * kChunksPerGroup < q.blocks; ++g) {
-      const int64_t c0 = g * kChunksPerGroup, c1 = std::min(c0 + kChunksPerGroup, q.blocks);
-      int64_t count = 0;
-      for (int64_t c = c0; c < c1; ++c)  // [32 even | 32 odd] inputs of chunk c
-        for (int64_t half = 0; half < 2; ++half)
-          for (int64_t i = 0; i < kChunkBytes; ++i) v[count++] = row + 2 * (c * kChunkBytes + i) + half;
-      q.dq[r * q.groups + g] = quantize_block(v, count, out + 2 * c0 * kChunkBytes, &q.qsums[r * q.groups + g]);
-    }
-  }
   q.x = q.xq.data();
   q.d = q.dq.data();
   q.qsum = q.qsums.data();
@@ -239,21 +204,25 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
                                                     const paddle::optional<paddle::Tensor>& bias) {
   const Weights w = make_weights(qweight, scales);
   const paddle::Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
-  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2 && x.shape()[1] == w.k,
-           "x must be a float32 [M, K] CPU tensor with K = the weight's input size");
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && !x.shape().empty() && x.shape().back() == w.k,
+           "x must be a float32 [..., K] CPU tensor with K = the weight's input size");
   const float* bias_data = nullptr;
   if (bias.is_initialized()) {
     PD_CHECK(bias.get().dtype() == paddle::DataType::FLOAT32 && bias.get().numel() == w.n && bias.get().is_contiguous(),
              "bias must be contiguous float32 [N]");
     bias_data = bias.get().data<float>();
   }
-  Activations a{x.data<float>(), nullptr, nullptr, nullptr, nullptr, x.shape()[0]};
+  Activations a{x.data<float>(), nullptr, nullptr, nullptr, nullptr, x.numel() / w.k};
   const Isa isa = cpu_isa();
   QuantizedActivations quantized;
   std::vector<float> split;
   if (isa != Isa::kBaseline && w.kind != Kind::kBf16) {
-    quantize_activations(a.x, a.m, w.k, w.kind, quantized);
+#ifdef PMQ_X86_ISAS  // the integer kernels exist on x86-64 only (isa is baseline elsewhere)
+    size_activations(a.m, w.k, w.kind, quantized);
+    if (isa == Isa::kAvx512) quantize_rows_avx512(a.x, a.m, w.k, w.kind, quantized);
+    else quantize_rows_avx2(a.x, a.m, w.k, w.kind, quantized);
     a.q = &quantized;
+#endif
   } else if (w.kind == Kind::kInt4) {  // xe, xo [m, k/2] and xsum [m, groups]
     const int64_t kh = w.k / 2, groups = w.groups();
     split.assign(a.m * (2 * kh + groups), 0.f);
@@ -269,7 +238,9 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
     a.xo = xo;
     a.xsum = xsum;
   }
-  paddle::Tensor out = paddle::empty({a.m, w.n}, paddle::DataType::FLOAT32, x.place());
+  std::vector<int64_t> out_shape = x.shape();
+  out_shape.back() = w.n;
+  paddle::Tensor out = paddle::empty(out_shape, paddle::DataType::FLOAT32, x.place());
   float* out_data = out.data<float>();
   const int64_t tasks = (w.n + kRowsPerTask - 1) / kRowsPerTask;
 #pragma omp parallel for schedule(static)

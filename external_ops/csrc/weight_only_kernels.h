@@ -3,8 +3,8 @@
 // AVX-512 copies, with
 //   PMQ_WO_LANES  floats per vector (16 AVX-512, 8 AVX2, 4 baseline)
 //   PMQ_WO_NS     a namespace of its own for this copy
-//   PMQ_WO_LEVEL  the level's name: entry points linear_rows_<level> and
-//                 dequantize_rows_<level>
+//   PMQ_WO_LEVEL  the level's name: entry points linear_rows_<level>,
+//                 dequantize_rows_<level> and (AVX2, AVX-512) quantize_rows_<level>
 // A pragma rather than per-function target attributes because the widening
 // loads are intrinsics, and GCC inlines an AVX2 intrinsic only into functions
 // compiled for AVX2: so every helper between the entry and the intrinsic must
@@ -198,6 +198,82 @@ PMQ_INLINE float hsum8(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+// Activation quantisation (QuantizedActivations, weight_only_cpu.cc) in
+// 256-bit vectors: per block d = max|x| / 127 and q = x * (127 / max|x|)
+// rounded to nearest even (vcvtps2dq under the default rounding mode).
+PMQ_INLINE __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
+PMQ_INLINE float hmax8(__m256 v) {
+  const __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(t, _mm_movehdup_ps(t)));
+}
+PMQ_INLINE float inverse_scale(float amax) { return amax > 0.f ? 127.f / amax : 0.f; }
+
+// x[0..3] (32 floats) times inv, rounded, as 32 int8 in order at out;
+// returns the int32 partial sums of q (8 lanes).
+PMQ_INLINE __m256i quantize32(const __m256* x, __m256 inv, int8_t* out) {
+  __m256i q[4];
+  for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));
+  // packs work per 128-bit lane: 4-byte groups come out as q0 q1 q2 q3 (low
+  // halves) then the high halves; the permutation restores input order.
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+}
+
+// Row `row` of x quantised for int8 weights: one scale per 32 inputs.
+PMQ_INLINE void quantize_row_int8(const float* row, QuantizedActivations& q, int64_t r) {
+  int8_t* out = q.xq.data() + r * q.ld;
+  for (int64_t b = 0; b < q.blocks; ++b) {
+    __m256 x[4];
+    for (int i = 0; i < 4; ++i) x[i] = _mm256_loadu_ps(row + b * kActBlock + 8 * i);
+    const float amax = hmax8(_mm256_max_ps(_mm256_max_ps(abs8(x[0]), abs8(x[1])), _mm256_max_ps(abs8(x[2]), abs8(x[3]))));
+    q.dq[r * q.blocks + b] = amax / 127.f;
+    quantize32(x, _mm256_set1_ps(inverse_scale(amax)), out + b * kActBlock);
+  }
+}
+
+// Row `row` of x quantised for int4 weights: one scale per 128-input group;
+// chunk c's 64 inputs become [32 even | 32 odd] (vshufps picks the even or
+// odd floats of two vectors per 128-bit lane, vpermpd puts the lanes in order).
+PMQ_INLINE void quantize_row_int4(const float* row, QuantizedActivations& q, int64_t r) {
+  int8_t* out = q.xq.data() + r * q.ld;
+  for (int64_t g = 0; g * kChunksPerGroup < q.blocks; ++g) {
+    const int64_t c0 = g * kChunksPerGroup, chunks = std::min(kChunksPerGroup, q.blocks - c0);
+    __m256 halves[kChunksPerGroup][2][4];  // [chunk][even, odd][8 inputs]
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int j = 0; j < 4; ++j) {
+        const float* p = row + 2 * (c0 + c) * kChunkBytes + 16 * j;
+        const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+        for (int half = 0; half < 2; ++half) {
+          const __m256 picked = half == 0 ? _mm256_shuffle_ps(a, b, 0x88) : _mm256_shuffle_ps(a, b, 0xDD);
+          halves[c][half][j] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(picked), 0xD8));
+          amax = _mm256_max_ps(amax, abs8(halves[c][half][j]));
+        }
+      }
+    const float m = hmax8(amax);
+    const __m256 inv = _mm256_set1_ps(inverse_scale(m));
+    __m256i sums = _mm256_setzero_si256();
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int half = 0; half < 2; ++half)
+        sums = _mm256_add_epi32(sums, quantize32(halves[c][half], inv, out + 2 * (c0 + c) * kChunkBytes + half * kChunkBytes));
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sums);
+    q.dq[r * q.groups + g] = m / 127.f;
+    q.qsums[r * q.groups + g] = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+  }
+}
+
+// Every row of x [m, k] quantised for weights of `kind` into q (sized by size_activations).
+PMQ_INLINE void quantize_rows(const float* x, int64_t m, int64_t k, Kind kind, QuantizedActivations& q) {
+  for (int64_t r = 0; r < m; ++r) {
+    if (kind == Kind::kInt4) quantize_row_int4(x + r * k, q, r);
+    else quantize_row_int8(x + r * k, q, r);
+  }
 }
 
 // Int8 rows w[b] against quantised activation rows r (32-input blocks):
@@ -424,6 +500,12 @@ template <typename... A>
 void PMQ_WO_CAT(dequantize_rows_, PMQ_WO_LEVEL)(A&&... a) {
   PMQ_WO_NS::dequantize_rows<PMQ_WO_LANES>(std::forward<A>(a)...);
 }
+#if PMQ_WO_LANES >= 8
+template <typename... A>
+void PMQ_WO_CAT(quantize_rows_, PMQ_WO_LEVEL)(A&&... a) {
+  PMQ_WO_NS::quantize_rows(std::forward<A>(a)...);
+}
+#endif
 
 }  // namespace
 }  // namespace pmq_ops

@@ -10,6 +10,8 @@ Dimensions:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import paddle
 
 from .loader import get_ops
@@ -35,8 +37,10 @@ def decode_attention_applies(q: paddle.Tensor) -> bool:
     )
 
 
-def decode_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float) -> paddle.Tensor:
-    """``softmax(q k^T * scale) v`` of q ``[B, 1, H, D]`` against every cached key of k/v
-    ``[B, L, KVH, D]`` (query head h reads kv head ``h // (H // KVH)``), no mask: ``[B, 1, H, D]``.
-    Only for inputs :func:`decode_attention_applies` accepts."""
-    return get_ops().qwen25vl_decode_attention(q, k, v, float(scale))
+def decode_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float,
+                     key_starts: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    """``softmax(q k^T * scale) v`` of q ``[B, 1, H, D]`` against the cached keys of k/v
+    ``[B, L, KVH, D]`` (query head h reads kv head ``h // (H // KVH)``): every key, or from
+    ``key_starts [B]`` (int64) on for a left-padded batch, whose padding keys are skipped.
+    ``[B, 1, H, D]``. Only for inputs :func:`decode_attention_applies` accepts."""
+    return get_ops().qwen25vl_decode_attention(q, k, v, key_starts, float(scale))
