@@ -10,6 +10,7 @@ no random access).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
@@ -19,6 +20,7 @@ import paddle
 
 __all__ = [
     "SafetensorsFile",
+    "drop_mapped_pages",
     "write_safetensors",
     "to_float32",
     "to_paddle",
@@ -50,6 +52,23 @@ _DTYPES = {
 _NAMES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
           np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
           np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+
+
+def drop_mapped_pages(view: np.ndarray) -> None:
+    """Done with the file pages under ``view``, a C-contiguous slice of a :meth:`SafetensorsFile.raw`
+    map: they stop counting towards this process's RSS (the page cache keeps them), so that
+    converting a large tensor piece by piece never holds all of its file pages (the 3B's float32
+    embedding is 1.2 GB). Anything else (an array not backed by a map, a strided view) is left alone."""
+    owner = view
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = getattr(owner, "base", None)
+    if owner is None or not view.flags.c_contiguous or view.nbytes == 0:
+        return
+    begin = view.__array_interface__["data"][0] - np.frombuffer(owner, np.uint8).__array_interface__["data"][0]
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the view only
+    last = (begin + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        owner.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def to_float32(array: np.ndarray, dtype_name: str) -> np.ndarray:

@@ -36,7 +36,7 @@ import paddle
 import paddle.nn as nn
 from paddlenlp.quantization.quantization_config import QuantizationConfig
 
-from .checkpoint_io import CheckpointError, tensor_to_numpy, to_float32, to_paddle
+from .checkpoint_io import CheckpointError, drop_mapped_pages, tensor_to_numpy, to_float32, to_paddle
 from .distributed.layers import TiedLMHead
 from .loading import Saved, Target, parameter_saved, parameter_target
 from .ops.weight_only import (INT4_GROUP, WEIGHT_KINDS, check_quantized, ensure_weight_only_ops, quantize_weight,
@@ -221,7 +221,9 @@ def _quantized_by_chunks(rows: np.ndarray, dtype_name: str, kind: str) -> Tuple[
         return quantize_weight(paddle.to_tensor(np.ascontiguousarray(to_float32(rows, dtype_name))), kind)
     qweight = scales = None
     for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
-        chunk = paddle.to_tensor(np.ascontiguousarray(to_float32(rows[start:start + _ROWS_PER_CHUNK], dtype_name)))
+        stored = rows[start:start + _ROWS_PER_CHUNK]
+        chunk = paddle.to_tensor(np.ascontiguousarray(to_float32(stored, dtype_name)))
+        drop_mapped_pages(stored)  # read: its file pages need not stay in this process
         q, s = quantize_weight(chunk, kind)
         if qweight is None:
             qweight = paddle.empty([rows.shape[0], *q.shape[1:]], dtype=q.dtype)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from paddlemix_qwen25vl import CheckpointError, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, config_preset
-from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile
+from paddlemix_qwen25vl.checkpoint_io import SafetensorsFile, drop_mapped_pages
 from paddlemix_qwen25vl.convert import convert_hf_to_paddle
 from paddlemix_qwen25vl.loading import is_linear_weight, resolve_model_path
 from paddlemix_qwen25vl.runtime import default_num_threads, resolve_precision
@@ -259,3 +259,27 @@ def test_config_reads_released_file_unchanged():
     assert config.rope_scaling == {"type": "mrope", "mrope_section": [16, 24, 24]}
     with pytest.raises(ValueError, match="must sum to head_dim / 2 = 64"):
         Qwen2_5_VLConfig(rope_scaling={"type": "mrope", "mrope_section": [16, 24, 16]})
+
+
+def _rss_file_mib() -> float:
+    status = open("/proc/self/status").read()
+    return int(status.split("RssFile:")[1].split()[0]) / 1024
+
+
+def test_drop_mapped_pages_releases_a_read_slice(tmp_path):
+    """After a slice of a mapped tensor is read, its file pages stop counting towards the RSS
+    (quantisation by chunks relies on it); arrays not backed by the map are left alone."""
+    path = str(tmp_path / "big.safetensors")
+    save_file({"w": torch.ones(64, 1 << 18)}, path)  # 64 MiB of float32
+    reader = SafetensorsFile(path)
+    view = reader.raw("w")
+    before = _rss_file_mib()
+    assert float(view[32:].sum()) == 32 * (1 << 18)  # touches the second half's pages
+    touched = _rss_file_mib()
+    drop_mapped_pages(view[32:])
+    dropped = _rss_file_mib()
+    assert touched - before >= 28 and touched - dropped >= 28, (before, touched, dropped)
+    assert float(view[32:].sum()) == 32 * (1 << 18), "the data reads back from the page cache"
+    drop_mapped_pages(view[:, :8])  # strided: not a whole page range, left alone
+    drop_mapped_pages(np.ones(1 << 20, np.float32))  # not a map
+    reader.close()
