@@ -188,7 +188,7 @@ def test_large_m_takes_the_dequantized_matmul(monkeypatch, kind):
     assert calls == [[rows, 64]]
 
 
-def test_bfloat16_reads_directly_past_128_rows_on_avx512_only(monkeypatch):
+def test_bfloat16_reads_directly_past_the_row_limit_on_avx512_only(monkeypatch):
     for isa, direct in (("avx512", True), ("avx2", False), ("baseline", False)):
         monkeypatch.setattr(weight_only, "cpu_isa", lambda isa=isa: isa)
         assert weight_only.kernel_reads_directly(512, 2048, "bfloat16") is direct

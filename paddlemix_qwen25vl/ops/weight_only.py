@@ -56,7 +56,7 @@ INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
 # dequantising tiles for MKL's GEMM is faster. On AVX-512 the bfloat16 kernel keeps winning while
 # its float32 activations (M x K) fit the cache, BF16_AVX512_MAX_ACTIVATIONS (measured with
 # benchmarks/bench_weight_only.py --prefill; benchmarks/README.md, "Prefill").
-KERNEL_MAX_ROWS = 128
+KERNEL_MAX_ROWS = 256
 BF16_AVX512_MAX_ACTIVATIONS = 1 << 22  # floats: 16 MiB
 DEQUANT_TILE = 1 << 23  # weight elements dequantised at once on the large-M path (32 MiB; 16 MiB tiles were 5-25% slower)
 
