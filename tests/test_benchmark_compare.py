@@ -93,8 +93,8 @@ def test_summary_targets_and_reports(tmp_path):
         "rows": [
             _row("paddlemix", "paddlemix-sdpa", 3.5, 3.5),
             _row("paddlemix", "paddlemix-flash_attention_2", 3.0, 4.0),
-            _row("transformers", "transformers-sdpa", 5.0, 3.0),
-            _row("transformers", "transformers-eager", 6.0, 2.0),
+            _row("transformers", "transformers-sdpa", 5.0, 3.0) | {"read_gb_s_after_decode": 15.0},
+            _row("transformers", "transformers-eager", 6.0, 2.0) | {"read_gb_s_after_decode": 9.0},
             _row("paddleformers", "paddleformers", 2.0, 5.0),
             {"impl": "paddleformers", "label": "paddleformers", "media": "video", "error": "exit code 1: boom"},
         ],
@@ -115,6 +115,10 @@ def test_summary_targets_and_reports(tmp_path):
     assert ours["prefill_frac_gemm"] == pytest.approx(total_flops / 3.0 / 1e9 / 200.0)
     bound = 12e9 / counts.decode_bytes_per_token(results["config"], 600 + 16)["total"]  # best bandwidth
     assert ours["decode_frac_bound"] == pytest.approx(4.0 / bound)
+    # a row's own read after its decode raises its bound, never lowers it below the run's probe
+    sdpa, eager = results["rows"][2], results["rows"][3]
+    assert (sdpa["bound_gb_s"], eager["bound_gb_s"], ours["bound_gb_s"]) == (15.0, 12.0, 12.0)
+    assert sdpa["decode_frac_bound"] == pytest.approx(3.0 / (bound * 15.0 / 12.0))
     assert ours["tokens_agree_with_transformers"] == 3
 
     paths = report.write_reports(results, tmp_path / "compare")

@@ -34,6 +34,23 @@ def reset_peak_rss() -> int:
     return status_kib("VmRSS")
 
 
+ROW_PROBE_BYTES = 1 << 30  # the streaming read each timing worker measures after its decode
+
+
+def numpy_read_gb_s(nbytes: int, threads: int, repeats: int) -> float:
+    """GB/s of the best of ``repeats`` reads of an ``nbytes`` float32 buffer, numpy sums split
+    over ``threads`` threads (numpy's sum releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    buffer = np.ones(nbytes // 4, dtype=np.float32)
+    chunks = np.array_split(buffer, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        seconds = timed(lambda: sum(pool.map(np.sum, chunks)), repeats)
+    return nbytes / min(seconds) / 1e9
+
+
 def timed(fn: Callable[[], Any], repeats: int) -> List[float]:
     """Seconds of each of ``repeats`` calls of ``fn``."""
     times = []

@@ -153,7 +153,7 @@ def run_llamacpp_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
     of ``new_tokens`` after ``spec["prompt_ids"]``; best prefill and decode rate, peak RSS."""
     import llama_cpp
 
-    from .common import status_kib
+    from .common import ROW_PROBE_BYTES, numpy_read_gb_s, status_kib
 
     prompt: List[int] = spec["prompt_ids"]
     new_tokens = spec["new_tokens"]
@@ -165,6 +165,7 @@ def run_llamacpp_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
     prefill = [r["prefill_s"] for r in runs]
     decode = [r["decode_tok_s"] for r in runs]
     peak_rss_mib = status_kib("VmHWM") / 1024
+    row_read = numpy_read_gb_s(ROW_PROBE_BYTES, spec["threads"], 3)  # the bandwidth right after this decode
     continuation = spec.get("llamacpp_continuation")
     agreement = {}
     if continuation:  # after the timing: teacher forcing does not change what the timing measured
@@ -175,6 +176,7 @@ def run_llamacpp_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
             "decode_tok_s": max(decode), "generate_s": min(p + (new_tokens - 1) / d for p, d in zip(prefill, decode)),
             "samples": {"prefill_s": prefill, "decode_tok_s": decode}, "prompt_tokens": len(prompt), "grids": [],
             "new_tokens": new_tokens, "tokens": runs[-1]["tokens"], "peak_rss_mib": peak_rss_mib,
+            "read_gb_s_after_decode": row_read,
             "kv_bytes": KV_BYTES, "llamacpp_version": llama_cpp.__version__,
             "system_info": llama_cpp.llama_print_system_info().decode().strip(), **gguf_weight_bytes(Path(spec["gguf"])),
             **agreement}

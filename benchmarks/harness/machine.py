@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-from .common import run_worker, timed
+from .common import numpy_read_gb_s, run_worker, timed
 
 
 def gemm_gflop_s(matmul: Callable[[], Any], n: int, repeats: int) -> float:
@@ -16,23 +16,16 @@ def gemm_gflop_s(matmul: Callable[[], Any], n: int, repeats: int) -> float:
 def _read_bandwidth(nbytes: int, threads: int, repeats: int) -> Dict[str, float]:
     """GB/s reading an ``nbytes`` float32 buffer: numpy sums split over threads, paddle.sum,
     and a GEMV x @ W with W the buffer as [4096, N] (how decode reads its weights)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
     import paddle
 
-    buffer = np.ones(nbytes // 4, dtype=np.float32)
-    chunks = np.array_split(buffer, threads)
-    with ThreadPoolExecutor(threads) as pool:  # numpy's sum releases the GIL: one chunk per thread
-        numpy_s = timed(lambda: sum(pool.map(np.sum, chunks)), repeats)
-    tensor = paddle.to_tensor(buffer)
-    del buffer, chunks
+    numpy_gb_s = numpy_read_gb_s(nbytes, threads, repeats)
+    tensor = paddle.ones([nbytes // 4], dtype="float32")
     paddle_s = timed(lambda: float(tensor.sum()), repeats)
     cols = tensor.shape[0] // 4096
     matrix = tensor[: 4096 * cols].reshape([4096, cols])
     vector = paddle.ones([1, 4096], dtype="float32")
     gemv_s = timed(lambda: float(paddle.matmul(vector, matrix)[0, 0]), repeats)
-    return {"numpy": nbytes / min(numpy_s) / 1e9, "paddle": nbytes / min(paddle_s) / 1e9,
+    return {"numpy": numpy_gb_s, "paddle": nbytes / min(paddle_s) / 1e9,
             "gemv": 4 * 4096 * cols / min(gemv_s) / 1e9}
 
 

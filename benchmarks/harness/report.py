@@ -64,9 +64,9 @@ def _row_line(r: Dict[str, Any]) -> str:
 
 
 PRECISION_HEADER = [
-    "| input | implementation | weights | decode tok/s | x transformers float32 | GB read / token | % bandwidth bound "
-    "| prefill s | decoder prefill s | peak RSS GiB | top-1 = float32 (teacher-forced) |",
-    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| input | implementation | weights | decode tok/s | x transformers float32 | GB read / token | bound GB/s "
+    "| % bandwidth bound | prefill s | decoder prefill s | peak RSS GiB | top-1 = float32 (teacher-forced) |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
@@ -86,12 +86,15 @@ def _precision_lines(results: Dict[str, Any]) -> List[str]:
             weights += " (pure-Paddle fallback, no compiled kernels)"
         lines.append(f"| {r['media']} | {r['label']} | {weights} | {_fmt(r['decode_tok_s'])} "
                      f"| {_fmt(hf and r['decode_tok_s'] / hf['decode_tok_s'])} "
-                     f"| {_fmt(r['decode_bytes_per_token']['total'] / 1e9, 3)} | {_pct(r.get('decode_frac_bound'))} "
+                     f"| {_fmt(r['decode_bytes_per_token']['total'] / 1e9, 3)} | {_fmt(r.get('bound_gb_s'), 1)} "
+                     f"| {_pct(r.get('decode_frac_bound'))} "
                      f"| {_fmt(r['prefill_s'])} | {_fmt(decoder)} | {_fmt(r['peak_rss_mib'] / 1024)} | {agree} |")
     lines.append("")
     lines.append("decoder prefill = prefill - the vision tower's time (measured alone); llama.cpp runs the decoder "
                  "only, on the same token ids (the pad tokens as plain tokens), so its prefill is the decoder's. "
-                 "llama.cpp's top-1 is counted against llama.cpp's own F32 GGUF of the same decoder on that prompt.")
+                 "llama.cpp's top-1 is counted against llama.cpp's own F32 GGUF of the same decoder on that prompt. "
+                 "bound GB/s: the higher of the run's streaming-read probe and the read each row's worker measured "
+                 "right after its decode (the machine's bandwidth moves within a run).")
     return lines
 
 

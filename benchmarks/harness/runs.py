@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List
 
-from .common import reset_peak_rss, status_kib, timed
+from .common import ROW_PROBE_BYTES, numpy_read_gb_s, reset_peak_rss, status_kib, timed
 from .libraries import LIBRARIES, Library, grids
 from .workload import PROMPTS
 
@@ -62,6 +62,7 @@ def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
     vision = timed(lambda: lib.vision(inputs, video), spec["repeats"])
     gen = _time_generate(lib, inputs, spec)
     peak_rss = status_kib("VmHWM")  # before the teacher-forced forward, which keeps every position's logits
+    row_read = numpy_read_gb_s(ROW_PROBE_BYTES, spec["threads"], 3)  # the bandwidth right after this decode
     result = {
         "load_s": load_s,
         "preprocess_s": min(preprocess),
@@ -77,6 +78,7 @@ def run_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
         "tokens": gen["tokens"],  # greedy tokens: equal across libraries when the weights load alike
         "rss_loaded_mib": rss_loaded / 1024,
         "peak_rss_mib": peak_rss / 1024,
+        "read_gb_s_after_decode": row_read,
         **lib.info(),
     }
     if spec.get("reference"):

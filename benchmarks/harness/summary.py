@@ -79,6 +79,10 @@ def _add_rates(row: Dict[str, Any], config: Dict[str, Any], gemm: Optional[float
     row["decode_bytes_per_token"] = nbytes
     row["prefill_gflop_s"] = flops["total"] / row["prefill_s"] / 1e9
     row["prefill_frac_gemm"] = _ratio(row["prefill_gflop_s"], gemm)
+    # The machine is shared and its bandwidth moves within minutes: the bound is the higher of the
+    # run's probe and the read this row's worker measured right after its decode.
+    bandwidth = max(filter(None, (bandwidth, row.get("read_gb_s_after_decode"))), default=None)
+    row["bound_gb_s"] = bandwidth
     row["decode_bound_tok_s"] = bandwidth * 1e9 / nbytes["total"] if bandwidth else None
     row["decode_frac_bound"] = _ratio(row["decode_tok_s"], row["decode_bound_tok_s"])
 
