@@ -62,8 +62,8 @@ def drop_mapped_pages(view: np.ndarray) -> None:
     owner = view
     while owner is not None and not isinstance(owner, mmap.mmap):
         owner = getattr(owner, "base", None)
-    if owner is None or not view.flags.c_contiguous or view.nbytes == 0:
-        return
+    if owner is None or not view.flags.c_contiguous or view.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return  # (no madvise off Linux / macOS)
     begin = view.__array_interface__["data"][0] - np.frombuffer(owner, np.uint8).__array_interface__["data"][0]
     first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the view only
     last = (begin + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
