@@ -38,6 +38,7 @@ __all__ = [
     "dense_attention",
     "varlen_attention",
     "sequence_runs",
+    "left_padding_starts",
     "resolve_attn_implementation",
     "top_left_causal_flag",
 ]
@@ -99,6 +100,18 @@ def sequence_runs(attention_mask: np.ndarray, past_length: int) -> Tuple[np.ndar
     return concat(rows_q), concat(rows_k), np.asarray(cu_q), np.asarray(cu_k)
 
 
+def left_padding_starts(attention_mask: np.ndarray) -> Optional[np.ndarray]:
+    """Each row's first real key, ``[B]`` int64, when every row of ``attention_mask [B, Lk]`` is
+    zeros then ones with at least one one (a left-padded batch); else None (packed samples, or
+    padding elsewhere). For a decode step's last query that is exactly what
+    :func:`~.attention_math.causal_padding_mask` lets it see."""
+    starts = (attention_mask == 0).sum(axis=1)
+    left_padded = np.arange(attention_mask.shape[1])[None, :] >= starts[:, None]
+    if np.any(starts >= attention_mask.shape[1]) or not np.array_equal(attention_mask, left_padded.astype(attention_mask.dtype)):
+        return None
+    return starts.astype(np.int64)
+
+
 def dense_attention(
     q: paddle.Tensor,
     k: paddle.Tensor,
@@ -111,7 +124,7 @@ def dense_attention(
     """Attention over padded batches: q ``[B, Lq, H, D]``, k/v ``[B, Lk, KVH, D]`` -> ``[B, Lq, H, D]``.
 
     ``mask`` is additive, ``[B or 1, 1, Lq, Lk]``; ``key_starts [B]`` (int64, a decode step of a
-    left-padded batch, see :func:`~.attention_math.left_padding_starts`) says the same mask as each
+    left-padded batch, see :func:`left_padding_starts`) says the same mask as each
     row's first real key. ``flash_attention_2`` is handled by the caller
     through :func:`varlen_attention` (it needs unpadded tokens). Off the GPU, ``sdpa`` with
     grouped-query heads runs the grouped math too: Paddle's CPU backend copies every kv head

@@ -25,7 +25,6 @@ __all__ = [
     "bottom_right_causal_mask",
     "causal_padding_mask",
     "grouped_attention",
-    "left_padding_starts",
     "packed_attention",
     "softmax_scale",
 ]
@@ -64,19 +63,6 @@ def causal_padding_mask(
     zero = paddle.zeros([], dtype=dtype)
     minimum = paddle.full([], paddle.finfo(dtype).min, dtype=dtype)
     return paddle.where(allowed, zero, minimum).unsqueeze(1)
-
-
-def left_padding_starts(attention_mask: paddle.Tensor) -> Optional[np.ndarray]:
-    """Each row's first real key, ``[B]`` int64, when every row of ``attention_mask [B, Lk]`` is
-    zeros then ones with at least one one (a left-padded batch); else None (packed samples, or
-    padding elsewhere). For a decode step's last query that is exactly what
-    :func:`causal_padding_mask` lets it see."""
-    mask = attention_mask.numpy()
-    starts = (mask == 0).sum(axis=1)
-    left_padded = np.arange(mask.shape[1])[None, :] >= starts[:, None]
-    if not np.array_equal(mask, left_padded.astype(mask.dtype)) or np.any(starts >= mask.shape[1]):
-        return None
-    return starts.astype(np.int64)
 
 
 def bottom_right_causal_mask(len_q: int, len_k: int, dtype: str) -> paddle.Tensor:

@@ -19,8 +19,8 @@ import paddle
 import paddle.nn as nn
 from paddle.distributed.fleet.utils import recompute
 
-from .attention import dense_attention, resolve_attn_implementation, sequence_runs, varlen_attention
-from .attention_math import causal_padding_mask, left_padding_starts
+from .attention import dense_attention, left_padding_starts, resolve_attn_implementation, sequence_runs, varlen_attention
+from .attention_math import causal_padding_mask
 from .cache import KVCache
 from .configuration import Qwen2_5_VLConfig
 from .distributed.context import SINGLE, ParallelContext
@@ -188,7 +188,7 @@ class Qwen2_5_VLTextModel(nn.Layer):
             layout = AttentionLayout(implementation)
         else:
             mask = causal_padding_mask(attention_mask, batch, q_len, past_len, inputs_embeds.dtype)
-            starts = left_padding_starts(attention_mask) if q_len == 1 and not on_gpu() else None
+            starts = left_padding_starts(attention_mask.numpy()) if q_len == 1 and not on_gpu() else None
             layout = AttentionLayout(implementation, mask=mask,
                                      key_starts=None if starts is None else paddle.to_tensor(starts))
 
