@@ -33,10 +33,10 @@ from helpers.tensor_parallel import WORKER_ENV, run_workload
 MP = 2
 
 
-def launch(command, log_dir, env=None):
-    """Run ``command`` under paddle.distributed.launch with MP CPU processes; fail with the workers' logs."""
-    full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(MP), "--log_dir", str(log_dir)]
-    result = subprocess.run(full + command, capture_output=True, text=True, env=env or WORKER_ENV, cwd=REPO)
+def launch(command, log_dir, env=None, processes=MP):
+    """Run ``command`` under paddle.distributed.launch with ``processes`` CPU processes; fail with the workers' logs."""
+    full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(processes), "--log_dir", str(log_dir)]
+    result = subprocess.run(full + command, capture_output=True, text=True, env=env or WORKER_ENV, cwd=REPO, timeout=300)
     if result.returncode != 0:
         logs = "".join(open(os.path.join(log_dir, f)).read()[-3000:] for f in sorted(os.listdir(log_dir)) if f.startswith("workerlog"))
         pytest.fail(f"launch failed ({result.returncode}):\n{result.stderr[-3000:]}\n{logs}")
@@ -213,6 +213,15 @@ def test_bad_degrees_fail_before_any_work(reference_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         Qwen2_5_VLForConditionalGeneration(config, mp=ParallelContext(0, 5))
 
+
+def test_replicas_create_their_groups_together(tmp_path):
+    """4 processes = 2 replicas of mp 2, all entering init_tensor_parallel at once: Paddle's gloo
+    rendezvous of two groups created together fails (every run before the fix); each group then
+    sums its own two ranks."""
+    launch([os.path.join("tests", "tp_scripts", "replica_groups_worker.py"), str(tmp_path)], tmp_path / "logs", processes=4)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(4)]
+    assert [r["mp_rank"] for r in reports] == [0, 1, 0, 1]
+    assert [r["group_sum"] for r in reports] == [1.0, 1.0, 5.0, 5.0]
 
 def test_tensor_parallel_training_check():
     check_tensor_parallel_supported(1)

@@ -115,10 +115,13 @@ def init_tensor_parallel(mp_degree: int) -> ParallelContext:
     rank = dist.get_rank()
     group = None
     if world > mp_degree:
-        # Every process must create every group, in the same order.
+        # Every process must create every group, in the same order, and one group at a time:
+        # Paddle 3.3's gloo rendezvous of two groups created at once collides in the shared
+        # store ("Connection refused", or a 30 s TIMEOUT on a rank that never connected).
         for start in range(0, world, mp_degree):
             ranks = list(range(start, start + mp_degree))
             created = dist.new_group(ranks)
+            dist.barrier()
             if rank in ranks:
                 group = created
     return ParallelContext(rank=rank % mp_degree, world_size=mp_degree, group=group)

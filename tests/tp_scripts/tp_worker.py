@@ -11,6 +11,7 @@ import os
 import sys
 
 import numpy as np
+import paddle.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 
@@ -49,6 +50,8 @@ def main():
         if name == args.save:
             model.save_pretrained(os.path.join(args.out, f"{name}_saved"))
         del model
+    if dist.is_initialized():
+        dist.barrier()  # leave together: a rank still in gloo when its peer exits can abort (SIGABRT)
 
 
 if __name__ == "__main__":

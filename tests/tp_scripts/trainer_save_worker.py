@@ -38,6 +38,7 @@ def main():
     restored = all(np.array_equal(param.numpy(), values[name]) for name, param in model.named_parameters())
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump({"restored": restored, "mp_rank": model.mp.rank}, f)
+    dist.barrier()  # leave together: a rank still in gloo when its peer exits can abort (SIGABRT)
 
 
 if __name__ == "__main__":
