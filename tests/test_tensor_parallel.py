@@ -36,7 +36,10 @@ MP = 2
 def launch(command, log_dir, env=None, processes=MP):
     """Run ``command`` under paddle.distributed.launch with ``processes`` CPU processes; fail with the workers' logs."""
     full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(processes), "--log_dir", str(log_dir)]
-    result = subprocess.run(full + command, capture_output=True, text=True, env=env or WORKER_ENV, cwd=REPO, timeout=300)
+    try:  # a rank that never connects would otherwise hang the suite
+        result = subprocess.run(full + command, capture_output=True, text=True, env=env or WORKER_ENV, cwd=REPO, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"launch of {command[0]} with {processes} processes hung for 300 s")
     if result.returncode != 0:
         logs = "".join(open(os.path.join(log_dir, f)).read()[-3000:] for f in sorted(os.listdir(log_dir)) if f.startswith("workerlog"))
         pytest.fail(f"launch failed ({result.returncode}):\n{result.stderr[-3000:]}\n{logs}")
@@ -222,6 +225,7 @@ def test_replicas_create_their_groups_together(tmp_path):
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(4)]
     assert [r["mp_rank"] for r in reports] == [0, 1, 0, 1]
     assert [r["group_sum"] for r in reports] == [1.0, 1.0, 5.0, 5.0]
+
 
 def test_tensor_parallel_training_check():
     check_tensor_parallel_supported(1)
