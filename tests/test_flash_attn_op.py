@@ -159,6 +159,38 @@ def test_has_op_after_build(ops):
     assert build_ops() is ops  # a second build reuses the loaded module
 
 
+def test_build_holds_the_build_directory_lock(tmp_path, monkeypatch):
+    """Processes that start together (tensor-parallel ranks) build one after another: the build
+    runs under an exclusive lock of its directory, released when it ends."""
+    import fcntl
+
+    import paddle.utils.cpp_extension
+
+    def lock_is_free(build_directory):
+        with open(Path(build_directory) / ".build.lock") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen["free while building"] = lock_is_free(kwargs["build_directory"])
+        seen["build_directory"] = kwargs["build_directory"]
+        return "built module"
+
+    monkeypatch.setattr(loader, "_ops", None)
+    monkeypatch.setattr(loader, "get_ops", lambda: None)
+    monkeypatch.setattr(loader, "BUILD_DIR", tmp_path)
+    monkeypatch.setattr(paddle.utils.cpp_extension, "load", fake_load)
+    assert build_ops() == "built module"
+    assert seen["free while building"] is False
+    assert lock_is_free(seen["build_directory"])
+
+
 def _bad_inputs():
     q, k, v, _, cu_q, cu_k = make_case([4, 6], [4, 6], 4, 2, 64)
     good = dict(q=q, k=k, v=v, cu_q=cu_q, cu_k=cu_k, max_q=6, max_k=6, dropout_p=0.0)

@@ -15,6 +15,7 @@ that once per process.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -82,15 +83,20 @@ def build_ops(verbose: bool = False) -> ModuleType:
     config = _load_build_config()
     build_dir = BUILD_DIR / _sources_digest(config)
     build_dir.mkdir(parents=True, exist_ok=True)
-    _ops = load(
-        name=MODULE_NAME,
-        sources=config.sources(),
-        extra_cxx_cflags=config.cxx_flags(),
-        extra_cuda_cflags=config.NVCC_FLAGS,
-        extra_ldflags=config.LD_FLAGS,
-        build_directory=str(build_dir),
-        verbose=verbose,
-    )
+    # One build at a time per directory: processes that start together (the ranks of a
+    # tensor-parallel launch, a server next to a script) would otherwise compile into the same
+    # files at once and fail. The ones that wait then find the build done and only load it.
+    with open(build_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ops = load(
+            name=MODULE_NAME,
+            sources=config.sources(),
+            extra_cxx_cflags=config.cxx_flags(),
+            extra_cuda_cflags=config.NVCC_FLAGS,
+            extra_ldflags=config.LD_FLAGS,
+            build_directory=str(build_dir),
+            verbose=verbose,
+        )
     return _ops
 
 
