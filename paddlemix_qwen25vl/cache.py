@@ -120,14 +120,20 @@ class BatchKVCache:
         batch, new = key.shape[0], key.shape[1]
         if batch != self.rows:
             raise ValueError(f"BatchKVCache holds {self.rows} rows but a step for {batch} arrived")
-        if layer_idx == 0 and self.end + new > self.capacity:
-            self._relayout(0, new, key)
+        if layer_idx == 0 and self.end + new > self.capacity:  # no reserve() before: grow, keep E (the mask's)
+            self._relayout(self.end, new, key)
         end = self.end + new
         self.keys[layer_idx][:batch, self.end:end] = key
         self.values[layer_idx][:batch, self.end:end] = value
         if layer_idx == len(self.keys) - 1:
             self.end = end
         return self.keys[layer_idx][:batch, :end], self.values[layer_idx][:batch, :end]
+
+    def reserve(self, new_tokens: int) -> None:
+        """Make room for a step of ``new_tokens`` before its mask and positions are read: when E
+        would pass the capacity, the rows move left by their shared padding (E and ``pads`` change)."""
+        if self.rows and self.end + new_tokens > self.capacity:
+            self._relayout(0, new_tokens, self.keys[0])
 
     def add_row(self, row: KVCache) -> int:
         """Copy the one sequence of a prefilled ``row`` cache into the next free slot; returns the slot."""

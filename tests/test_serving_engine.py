@@ -72,11 +72,14 @@ def test_batch_cache_rows_join_and_leave():
         for _ in range(times):
             one_step()
 
-    def one_step():
+    def one_step():  # as the engine's step: room first, then the mask, then every layer's write
+        cache.reserve(new_tokens=1)
+        mask = cache.attention_mask(new_tokens=1)
         for layer in range(layers):
             new = [rng.standard_normal((len(own), 1, *shape)).astype("float32") for _ in "kv"]
             keys, values = cache.update(layer, *map(paddle.to_tensor, new))
             assert keys.shape[:2] == [len(own), cache.end + (layer < layers - 1)]
+            assert mask is None or mask.shape[1] == keys.shape[1]  # the step's mask covers the keys it reads
             for b in range(len(own)):
                 own[b][layer] = [np.concatenate([old, fresh[b]]) for old, fresh in zip(own[b][layer], new)]
 

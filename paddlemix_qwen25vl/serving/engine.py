@@ -308,6 +308,7 @@ class Engine:
     def _step(self) -> None:
         """One decode step for every row: feed each row's last token, pick and deliver the next ones."""
         cache, rows = self._cache, self._rows
+        cache.reserve(new_tokens=1)  # may drop shared padding: before the mask and positions read E and pads
         mask = cache.attention_mask(new_tokens=1)
         # Row b sits at E - pads[b] tokens of its own: its position there is E + (delta - pad).
         deltas = [[row.rope_delta - pad] for row, pad in zip(rows, cache.pads)]
