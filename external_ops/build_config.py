@@ -22,7 +22,15 @@ CUDA_SOURCES = ["flash_attn_varlen_cuda_binding.cc", "flash_attn_varlen_cuda.cu"
 # -Wno-psabi silences GCC's note that 64-byte vector arguments change ABI under
 # targets without AVX-512; those helpers are always inlined.
 CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"]
-LD_FLAGS = ["-fopenmp"]
+# One OpenMP runtime in the process: Paddle's own operators and MKL run on the Intel OpenMP
+# (libiomp5) it ships, which also implements GCC's GOMP entry points, so the operators link
+# against it rather than GCC's libgomp. With two runtimes each one's idle threads spun on the
+# cores the other's team needed (benchmarks/README.md, "Two OpenMP runtimes").
+_PADDLE_IOMP = Path(paddle.__file__).resolve().parent / "libs" / "libiomp5.so"
+if _PADDLE_IOMP.is_file():
+    LD_FLAGS = [f"-L{_PADDLE_IOMP.parent}", "-l:libiomp5.so", f"-Wl,-rpath,{_PADDLE_IOMP.parent}"]
+else:  # a Paddle build without MKL's runtime
+    LD_FLAGS = ["-fopenmp"]
 # The CUDA kernels run where Paddle has no flash kernel: V100 (sm_70) and T4 (sm_75), as well as
 # A100/H100 (sm_80/sm_90, for fp32 and as the fallback). Machine code for each of these the
 # toolkit still compiles (CUDA 13 dropped sm_70), plus PTX of the newest, which the driver

@@ -17,9 +17,10 @@ The custom operators read the same variable at every call.
 
 Paddle's bundled MKL runs float32 matrix products on its generic code path on non-Intel CPUs
 (a third of the machine's speed on an AMD EPYC); :func:`enable_fast_mkl_on_amd` points it at
-its AVX2 code there (``PADDLEMIX_MKL_AMD_FAST=0`` opts out). Its OpenMP threads would spin
-between matrix products, taking the cores from the custom operators' threads:
-:func:`release_idle_mkl_threads` has them sleep instead. :func:`prepare_process` does both.
+its AVX2 code there (``PADDLEMIX_MKL_AMD_FAST=0`` opts out); :func:`prepare_process` does so
+before the first one. MKL's Intel OpenMP threads keep their default idling (``KMP_BLOCKTIME``
+unset: they spin 200 ms before they sleep): the custom operators run on the same runtime
+(external_ops/build_config.py), so those spinning threads are the ones the next operator needs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ __all__ = [
     "detected_isa",
     "cpu_description",
     "enable_fast_mkl_on_amd",
-    "release_idle_mkl_threads",
     "prepare_process",
     "fused_rms_norm_allowed",
 ]
@@ -123,26 +123,10 @@ def enable_fast_mkl_on_amd() -> bool:
     return True
 
 
-def release_idle_mkl_threads() -> bool:
-    """Set ``KMP_BLOCKTIME=0`` (unless already set) so the Intel OpenMP threads of Paddle's MKL
-    sleep as soon as a parallel region ends; returns whether it is 0.
-
-    By default they spin for 200 ms after each one. The custom operators run on GCC's OpenMP,
-    a second thread pool, so on a machine with few cores every operator call waited for the
-    spinners' time slices: about 1.2 ms per call in weight-only decode, whose matrix-vector
-    products take 0.1-1 ms (measured on 2 cores: int8 decode 12 -> 28 tokens/s; benchmarks/README.md).
-    Intel OpenMP reads the variable at its first parallel region, so this runs before the
-    process's first matrix product, as :func:`enable_fast_mkl_on_amd` does.
-    """
-    os.environ.setdefault(BLOCKTIME_ENV, "0")
-    return os.environ[BLOCKTIME_ENV] == "0"
-
-
 def prepare_process() -> None:
     """The process-wide settings for Paddle's MKL, before the first matrix product:
-    :func:`enable_fast_mkl_on_amd` and :func:`release_idle_mkl_threads`."""
+    :func:`enable_fast_mkl_on_amd`."""
     enable_fast_mkl_on_amd()
-    release_idle_mkl_threads()
 
 
 def mkl_code_path() -> str:

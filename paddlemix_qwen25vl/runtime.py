@@ -61,9 +61,9 @@ def set_num_threads(num_threads: Optional[int] = None) -> int:
 
 def prepare_cpu() -> None:
     """What a model load or a script start does for the CPU, once per process: MKL's settings
-    (:func:`~paddlemix_qwen25vl.cpu.prepare_process`: its fast code path on AMD CPUs, its idle
-    threads asleep) and, unless :func:`set_num_threads` was called, :func:`default_num_threads`
-    threads. Importing the package does neither: both are process-wide."""
+    (:func:`~paddlemix_qwen25vl.cpu.prepare_process`: its fast code path on AMD CPUs) and,
+    unless :func:`set_num_threads` was called, :func:`default_num_threads` threads.
+    Importing the package does neither: both are process-wide."""
     prepare_process()
     if not _threads_set:
         set_num_threads()

@@ -159,37 +159,42 @@ def test_import_changes_no_process_wide_state(tmp_path):
         "from paddlemix_qwen25vl import runtime\n"
         "assert not runtime._threads_set, 'import set the thread count'\n"
         "assert 'MKL_DEBUG_CPU_TYPE' not in os.environ, 'import chose an MKL code path'\n"
-        "assert 'KMP_BLOCKTIME' not in os.environ, 'import changed MKL threads idling'\n"
         "print('untouched')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DEBUG_CPU_TYPE", "KMP_BLOCKTIME")}
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "untouched" in result.stdout, result.stderr[-2000:]
 
 
-IOMP_BLOCKTIME_PROBE = """
-import ctypes, os, paddle
+ONE_OPENMP_PROBE = """
+import os, paddle
 from paddlemix_qwen25vl import set_num_threads
+from paddlemix_qwen25vl.ops import build_ops
+from paddlemix_qwen25vl.ops.weight_only import quantize_weight, weight_only_linear
 set_num_threads(2)
-x = paddle.randn([256, 256])
-(x @ x).numpy()  # MKL's OpenMP is running now
-iomp = ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so"))
-print("blocktime", iomp.kmp_get_blocktime(), os.environ["KMP_BLOCKTIME"])
+build_ops()
+qweight, scales = quantize_weight(paddle.randn([64, 256]), "weight_only_int8")
+x = paddle.randn([1024, 1024])
+(x @ x).numpy()  # MKL's OpenMP team is running now
+before = len(os.listdir("/proc/self/task"))
+for _ in range(3):
+    weight_only_linear(paddle.randn([1, 256]), qweight, scales, None, "weight_only_int8").numpy()
+print("new threads", len(os.listdir("/proc/self/task")) - before)
 """
 
 
-@pytest.mark.parametrize("given, expected", [(None, "blocktime 0 0"), ("7", "blocktime 7 7")], ids=["default", "user_choice_kept"])
-def test_mkl_threads_sleep_when_idle(tmp_path, given, expected):
-    """set_num_threads (and every model load) has MKL's Intel OpenMP threads sleep between
-    parallel regions instead of spinning 200 ms, which starved the custom operators' threads;
-    the runtime itself reports the setting took (kmp_get_blocktime), not only the variable."""
-    env = {k: v for k, v in os.environ.items() if k != "KMP_BLOCKTIME"}
-    if given is not None:
-        env["KMP_BLOCKTIME"] = given
-    result = subprocess.run([sys.executable, "-c", IOMP_BLOCKTIME_PROBE], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+@pytest.mark.skipif(not (Path(paddle.__file__).parent / "libs" / "libiomp5.so").is_file(),
+                    reason="this Paddle build ships no Intel OpenMP runtime")
+def test_custom_operators_share_paddles_openmp_threads(tmp_path):
+    """The custom operators run on the OpenMP runtime of Paddle and MKL, not a second team of
+    their own whose idle threads spun on the cores the other needed (or, with MKL's threads
+    put to sleep to make room, paid a wake-up in every Paddle operator): calling one after a
+    matrix product starts no thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # a team of one would start no thread either way
+    result = subprocess.run([sys.executable, "-c", ONE_OPENMP_PROBE], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == expected
+    assert result.stdout.strip().splitlines()[-1] == "new threads 0"
 
 
 def test_cpu_description_names_the_path_in_use():

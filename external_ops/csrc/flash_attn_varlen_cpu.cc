@@ -643,10 +643,12 @@ void varlen_attn_fwd_cpu(const VarlenAttnShape& sh, const float* q,
   const int64_t units = unit_start[sh.batch];
   const PackedKV kv(sh, k, v);
   const Isa isa = cpu_isa();
+// monotonic: GCC's default dynamic schedule calls GOMP_loop_nonmonotonic_*, which the Intel
+// OpenMP runtime these operators link (build_config.py) does not implement.
 #pragma omp parallel
   {
     FwdScratch ws(sh.head_dim);
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(monotonic: dynamic, 4)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t b =
           std::upper_bound(unit_start.begin(), unit_start.end(), u) -
@@ -693,10 +695,10 @@ void varlen_attn_bwd_cpu(const VarlenAttnShape& sh, const float* q,
   for (int64_t b = 0; b < sh.batch; ++b)
     longest_q = std::max<int64_t>(
         longest_q, sh.cu_seqlens_q[b + 1] - sh.cu_seqlens_q[b]);
-#pragma omp parallel
+#pragma omp parallel  // monotonic: as in the forward
   {
     BwdScratch ws(sh.head_dim, longest_q);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(monotonic: dynamic, 1)
     for (int64_t i = 0; i < units; ++i) {
       const int64_t u = order[i];
       PMQ_CALL_ISA(isa, bwd_unit, sh, q, k, v, out, dout, lse, dq, dk_dst,
