@@ -1,5 +1,6 @@
 """paddlemix_qwen25vl: Qwen2.5-VL (3B / 7B / 72B) for PaddlePaddle, equal to the reference implementation."""
 
+from . import cpu as _cpu  # noqa: F401  first: it reads OMP_NUM_THREADS before Paddle's import sets it
 from .configuration import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig, config_preset
 from .loading import CheckpointError, resolve_model_path
 from .modeling import Qwen2_5_VLCausalLMOutputWithPast, Qwen2_5_VLForConditionalGeneration

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 
 __all__ = [
     "ISA_ENV",
@@ -47,6 +48,27 @@ MKL_CPU_TYPE_ENV = "MKL_DEBUG_CPU_TYPE"
 MKL_AVX2 = "5"  # MKL_DEBUG_CPU_TYPE's value for its AVX2 code path
 BLOCKTIME_ENV = "KMP_BLOCKTIME"  # Intel OpenMP: ms an idle thread spins before it sleeps (default 200)
 ISA_LEVELS = ("baseline", "avx2", "avx512")  # each a superset of the one before
+
+
+def _omp_num_threads_given() -> str | None:
+    """``OMP_NUM_THREADS`` as this process was given it. ``import paddle`` writes "1" over an
+    unset variable, so once Paddle is loaded the variable is read from the environment the
+    process started with (``/proc/self/environ``, Linux); elsewhere the current value stands."""
+    if "paddle" not in sys.modules:
+        return os.environ.get("OMP_NUM_THREADS")
+    try:
+        with open("/proc/self/environ", "rb") as environ:
+            entries = environ.read().split(b"\0")
+    except OSError:
+        return os.environ.get("OMP_NUM_THREADS")
+    for entry in entries:
+        if entry.startswith(b"OMP_NUM_THREADS="):
+            return entry.split(b"=", 1)[1].decode(errors="replace")
+    return None
+
+
+# Read when the package is imported (its first import, before Paddle's where it can be).
+OMP_NUM_THREADS_GIVEN = _omp_num_threads_given()
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,12 +8,13 @@ from typing import NamedTuple, Optional
 
 import paddle
 
-from .cpu import prepare_process
+from .cpu import OMP_NUM_THREADS_GIVEN, prepare_process
 
 __all__ = [
     "prepare_cpu",
     "set_num_threads",
     "default_num_threads",
+    "use_num_threads_in_this_thread",
     "resolve_precision",
     "Precision",
     "set_device",
@@ -34,9 +35,12 @@ def default_num_threads() -> int:
     """Threads for CPU kernels: ``PADDLEMIX_NUM_THREADS`` or ``OMP_NUM_THREADS`` if set, else every usable core.
 
     OpenMP's list form (``OMP_NUM_THREADS=4,2``, one count per nesting level) gives its first count.
+    The "1" that ``import paddle`` writes over an unset ``OMP_NUM_THREADS`` counts as unset.
     """
     for variable in ("PADDLEMIX_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(variable, "").strip()
+        if variable == "OMP_NUM_THREADS" and value == "1" and OMP_NUM_THREADS_GIVEN is None:
+            value = ""  # Paddle's, not the user's
         if value:
             first = value.split(",")[0].strip()
             if not first.isdigit() or int(first) < 1:
@@ -46,16 +50,27 @@ def default_num_threads() -> int:
 
 
 _threads_set = False  # by set_num_threads: prepare_cpu then keeps the caller's choice
+_num_threads: Optional[int] = None  # what set_num_threads set
 
 
 def set_num_threads(num_threads: Optional[int] = None) -> int:
     """Set Paddle's CPU math threads (Paddle defaults to one); returns the number set.
     This starts MKL's OpenMP, so :func:`~paddlemix_qwen25vl.cpu.prepare_process` runs first."""
-    global _threads_set
+    global _threads_set, _num_threads
     prepare_process()
     num_threads = num_threads or default_num_threads()
     paddle.base.core.set_num_threads(num_threads)
-    _threads_set = True
+    _threads_set, _num_threads = True, num_threads
+    return num_threads
+
+
+def use_num_threads_in_this_thread() -> int:
+    """Give the calling thread the process's CPU thread count (:func:`set_num_threads`'s, else
+    :func:`default_num_threads`); returns it. OpenMP keeps the count per thread: a thread that
+    did not set it runs Paddle's and the custom operators' parallel loops on OMP_NUM_THREADS
+    threads, which Paddle's import made 1. Call it first in every thread that runs the model."""
+    num_threads = _num_threads or default_num_threads()
+    paddle.base.core.set_num_threads(num_threads)
     return num_threads
 
 

@@ -144,6 +144,27 @@ def test_thread_count_accepts_openmp_list_form(monkeypatch, value, threads):
     assert runtime.default_num_threads() == threads
 
 
+THREADS_AFTER_PADDLE_PROBE = """
+import os, paddle  # Paddle first: its import writes OMP_NUM_THREADS=1 over an unset variable
+from paddlemix_qwen25vl.runtime import default_num_threads
+print("threads", default_num_threads(), "of", len(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.parametrize("given", [None, "1"], ids=["unset", "one"])
+def test_default_threads_survive_paddles_import(tmp_path, given):
+    """Unset OMP_NUM_THREADS means every usable core even when Paddle, imported first, has set
+    it to 1; a 1 the user gave stays 1."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "PADDLEMIX_NUM_THREADS")}
+    if given is not None:
+        env["OMP_NUM_THREADS"] = given
+    result = subprocess.run([sys.executable, "-c", THREADS_AFTER_PADDLE_PROBE], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, threads, _, cores = result.stdout.strip().splitlines()[-1].split()
+    assert int(threads) == (int(cores) if given is None else 1)
+
+
 @pytest.mark.parametrize("value", ["two", "0", ",2"])
 def test_bad_thread_count_names_the_variable(monkeypatch, value):
     monkeypatch.setenv("PADDLEMIX_NUM_THREADS", value)

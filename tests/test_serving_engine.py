@@ -1,5 +1,7 @@
 """The serving engine: batched answers equal lone ``generate`` answers; requests join, leave, fail alone."""
 
+import ctypes
+import os
 import time
 
 import numpy as np
@@ -7,7 +9,7 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, runtime
 from paddlemix_qwen25vl.cache import BatchKVCache, KVCache
 from paddlemix_qwen25vl.serving import Engine, QueueFull, SamplingParams
 
@@ -191,6 +193,35 @@ def test_cancel_frees_the_slot(processor, engine):
     while engine.stats()["active"] and time.time() < deadline:
         time.sleep(0.01)
     assert engine.stats()["active"] == 0
+
+
+IOMP = os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so")
+
+
+@pytest.mark.skipif(not os.path.isfile(IOMP), reason="this Paddle build ships no Intel OpenMP runtime")
+def test_engine_thread_computes_with_the_process_threads(model, processor, monkeypatch):
+    """OpenMP keeps its thread count per thread: the engine's own thread would run Paddle's and
+    the custom operators' loops on one thread (Paddle's OMP_NUM_THREADS=1) after the model
+    was loaded with two."""
+    openmp = ctypes.CDLL(IOMP)
+    previous = runtime.use_num_threads_in_this_thread()  # the process's count, restored below
+    runtime.set_num_threads(2)
+    seen = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append(openmp.omp_get_max_threads())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    engine = Engine(model, max_batch_size=2, max_queue=2)
+    engine.start()
+    try:
+        list(engine.submit(requests(processor)[0], SamplingParams(max_new_tokens=3)).tokens())
+    finally:
+        engine.stop()
+        runtime.set_num_threads(previous)
+    assert seen and set(seen) == {2}
 
 
 def test_queue_full(model, processor):

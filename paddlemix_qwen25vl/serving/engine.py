@@ -29,6 +29,7 @@ import paddle
 
 from ..cache import BatchKVCache, KVCache
 from ..generation import GenerationSettings, check_inputs, choose_next_tokens, process_logits
+from ..runtime import use_num_threads_in_this_thread
 
 __all__ = ["SamplingParams", "QueueFull", "EngineRequest", "Engine"]
 
@@ -245,6 +246,7 @@ class Engine:
 
     # ------------------------------------------------------- the scheduler thread
     def _loop(self) -> None:
+        use_num_threads_in_this_thread()  # OpenMP's thread count is per thread
         with paddle.no_grad():
             while not self._stopping.is_set():
                 self._admit()
