@@ -102,6 +102,8 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         else:  # logits for this rank's vocabulary slice, gathered into [..., vocab]
             self.lm_head = ColumnParallelLinear(config.hidden_size, config.vocab_size, bias=False, mp=mp, gather_output=True)
         self.set_recompute(vision=config.recompute_vision, decoder=config.recompute_decoder)
+        # A server attaches one (serving/vision_cache.py): repeated images are encoded once.
+        self.vision_feature_cache = None
         # Defaults for generate(); from_pretrained replaces them with generation_config.json.
         self.generation_config = GenerationConfig.from_model_config(config)
 
@@ -228,7 +230,10 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
 
     def get_vision_features(self, pixel_values: paddle.Tensor, grid_thw: GridLike) -> paddle.Tensor:
         """The vision tower on ``pixel_values [N, 1176]`` of items ``grid_thw [n, 3]``: one
-        embedding per pad token ``[N / 4, hidden]`` (images and videos alike)."""
+        embedding per pad token ``[N / 4, hidden]`` (images and videos alike). With a
+        ``vision_feature_cache`` attached, the same pixels and grids are encoded once."""
+        if self.vision_feature_cache is not None:
+            return self.vision_feature_cache.features(pixel_values, grid_thw, self.visual)
         return self.visual(pixel_values, grid_thw=grid_thw)
 
     def embed_with_vision(

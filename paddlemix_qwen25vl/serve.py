@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max_batch_size", type=int, default=8, help="sequences decoded together in one step")
     parser.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond the batch; more get 429")
+    parser.add_argument("--vision_cache_mb", type=int, default=256,
+                        help="MiB of vision features kept for images sent again (each turn of a conversation); 0: none")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (all but /health and the page)")
     parser.add_argument("--allowed_local_media_path", default=None,
                         help="allow image/video URLs that are local paths under this directory (default: none)")
@@ -71,9 +73,11 @@ def _load(args: argparse.Namespace):
     from .cli import load
     from .serving.app import ServedModel
     from .serving.engine import Engine
+    from .serving.vision_cache import VisionFeatureCache
 
     model, processor = load(args)
-    engine = Engine(model, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
+    cache = VisionFeatureCache(args.vision_cache_mb << 20) if args.vision_cache_mb > 0 else None
+    engine = Engine(model, max_batch_size=args.max_batch_size, max_queue=args.max_queue, vision_cache=cache)
     engine.start()
     return ServedModel(processor=processor, engine=engine, context_length=int(model.config.max_position_embeddings))
 

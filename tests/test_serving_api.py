@@ -123,6 +123,7 @@ def test_models_health_and_page(server, client):
     assert client.models.retrieve(MODEL).id == MODEL
     health = requests.get(server[0] + "/health")  # no key needed
     assert health.status_code == 200 and health.json()["status"] == "ok" and "active" in health.json()["engine"]
+    assert set(health.json()["engine"]["vision_cache"]) == {"hits", "misses", "entries", "bytes"}  # on by default
     page = requests.get(server[0] + "/", auth=("any user", KEY))  # a browser sends the key as Basic credentials
     assert page.status_code == 200 and "chat.js" in page.text
     assert "/v1/chat/completions" in requests.get(server[0] + "/static/chat.js", auth=("", KEY)).text
@@ -156,6 +157,21 @@ def test_answer_equals_lone_generate(client, lone):
     assert reply.choices[0].finish_reason == ("length" if count == MAX_TOKENS else "stop")
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (prompt_tokens, count)
     assert reply.usage.total_tokens == prompt_tokens + count and reply.model == MODEL
+
+
+def test_next_turn_reuses_the_image_features(server, client, lone):
+    """A follow-up turn re-sends the image (the API is stateless): the server's vision cache
+    serves its features (one more hit, no new entry) and the answer is the lone one."""
+    first = chat(client, image_message(data_url(DEMO_IMAGE))).choices[0].message.content
+    before = requests.get(server[0] + "/health").json()["engine"]["vision_cache"]
+    follow_up = image_message(data_url(DEMO_IMAGE)) + [{"role": "assistant", "content": first},
+                                                       {"role": "user", "content": "And the colours?"}]
+    reply = chat(client, follow_up)
+    after = requests.get(server[0] + "/health").json()["engine"]["vision_cache"]
+    library_turns = library_message(DEMO_IMAGE) + follow_up[1:]
+    assert reply.choices[0].message.content == lone(library_turns)[0]
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+    assert after["entries"] == before["entries"]
 
 
 def test_streaming_and_usage(client, lone):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration, runtime
 from paddlemix_qwen25vl.cache import BatchKVCache, KVCache
-from paddlemix_qwen25vl.serving import Engine, QueueFull, SamplingParams
+from paddlemix_qwen25vl.serving import Engine, QueueFull, SamplingParams, VisionFeatureCache
 
 QUESTIONS = ["Hi", "Describe this picture in a few words, please.", "What colour is it?", "Count to ten, slowly and clearly."]
 
@@ -222,6 +222,50 @@ def test_engine_thread_computes_with_the_process_threads(model, processor, monke
         engine.stop()
         runtime.set_num_threads(previous)
     assert seen and set(seen) == {2}
+
+
+def test_vision_cache_keeps_recent_features_within_its_budget():
+    encoded = []
+
+    def encode(pixels, grid_thw):  # 4 features of 4 float32 per item: 64 bytes
+        encoded.append(float(pixels[0, 0]))
+        return paddle.full([4, 4], float(pixels[0, 0]))
+
+    cache = VisionFeatureCache(max_bytes=128)  # two items
+    grid = np.array([[1, 4, 4]])
+    a, b, c = (paddle.full([16, 8], value) for value in (1.0, 2.0, 3.0))
+    first = cache.features(a, grid, encode)
+    assert cache.features(paddle.full([16, 8], 1.0), grid, encode) is first  # equal pixels, not the same tensor
+    cache.features(a, np.array([[1, 2, 8]]), encode)  # other grid: other key (evicts nothing yet: 2 items)
+    cache.features(b, grid, encode)  # a with the first grid is least recent: dropped
+    cache.features(a, grid, encode)
+    assert encoded == [1.0, 1.0, 2.0, 1.0]
+    assert cache.stats() == {"hits": 1, "misses": 4, "entries": 2, "bytes": 128}
+    big = cache.features(c, np.array([[1, 8, 8]]), lambda pixels, grid_thw: paddle.zeros([64, 4]))
+    assert big.shape == [64, 4] and cache.stats()["entries"] == 2  # larger than the budget: not kept
+    with pytest.raises(ValueError, match="max_bytes"):
+        VisionFeatureCache(0)
+
+
+def test_vision_cache_encodes_a_resent_image_once(model, processor):
+    """The next turn of a conversation sends its image again: the engine's vision cache gives the
+    features of the first turn (the vision tower runs once per image), and every answer equals
+    the request's lone answer."""
+    turns = [conversation(processor, q, side) for q, side in ((QUESTIONS[1], 56), (QUESTIONS[2], 56), (QUESTIONS[1], 84))]
+    lone = [lone_answer(model, x, 8) for x in turns]
+    encoded = []
+    hook = model.visual.register_forward_pre_hook(lambda layer, inputs: encoded.append(inputs[0].shape))
+    engine = Engine(model, max_batch_size=2, max_queue=4, vision_cache=VisionFeatureCache(1 << 26))
+    engine.start()
+    try:
+        answers = [list(engine.submit(x, SamplingParams(max_new_tokens=8)).tokens()) for x in turns]
+        stats = engine.stats()["vision_cache"]
+    finally:
+        engine.stop()
+        hook.remove()
+    assert answers == lone
+    assert len(encoded) == 2 and stats["hits"] == 1 and stats["misses"] == 2
+    assert model.vision_feature_cache is None  # detached when the engine stopped
 
 
 def test_queue_full(model, processor):

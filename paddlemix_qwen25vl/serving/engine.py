@@ -30,6 +30,7 @@ import paddle
 from ..cache import BatchKVCache, KVCache
 from ..generation import GenerationSettings, check_inputs, choose_next_tokens, process_logits
 from ..runtime import use_num_threads_in_this_thread
+from .vision_cache import VisionFeatureCache
 
 __all__ = ["SamplingParams", "QueueFull", "EngineRequest", "Engine"]
 
@@ -181,13 +182,16 @@ class Engine:
 
     :meth:`submit` queues a request (at most ``max_queue`` waiting, else :class:`QueueFull`);
     up to ``max_batch_size`` requests decode together. The model must not be used elsewhere
-    while the engine runs.
+    while the engine runs. ``vision_cache``, attached to the model while the engine runs, keeps
+    the vision features of recent requests: a conversation's images are encoded once, not at every turn.
     """
 
-    def __init__(self, model: Any, max_batch_size: int = 8, max_queue: int = 64) -> None:
+    def __init__(self, model: Any, max_batch_size: int = 8, max_queue: int = 64,
+                 vision_cache: Optional[VisionFeatureCache] = None) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size} and {max_queue}")
         self.model, self.max_batch_size = model, max_batch_size
+        self.vision_cache = vision_cache
         self.eos_token_ids = GenerationSettings.resolve(model.generation_config).eos_token_ids  # the checkpoint's
         self._waiting: "queue.Queue[EngineRequest]" = queue.Queue(maxsize=max_queue)
         self._thread: Optional[threading.Thread] = None
@@ -198,9 +202,10 @@ class Engine:
         self._finished = 0
 
     def start(self) -> None:
-        """Start the scheduler thread (no-op when it runs)."""
+        """Start the scheduler thread (no-op when it runs); the vision cache is the model's until :meth:`stop`."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self.model.vision_feature_cache = self.vision_cache
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="paddlemix-engine", daemon=True)
         self._thread.start()
@@ -211,6 +216,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.model.vision_feature_cache = None
         while True:
             try:
                 self._waiting.get_nowait()._finish("cancelled")
@@ -239,10 +245,14 @@ class Engine:
             raise QueueFull(f"{self._waiting.maxsize} requests are already waiting") from None
         return request
 
-    def stats(self) -> Dict[str, int]:
-        """Counts for /health: running and waiting requests, decode steps and finished requests so far."""
-        return {"active": len(self._rows), "queued": self._waiting.qsize(), "max_batch_size": self.max_batch_size,
-                "steps": self._steps, "finished": self._finished}
+    def stats(self) -> Dict[str, Any]:
+        """Counts for /health: running and waiting requests, decode steps and finished requests so
+        far, and the vision cache's hits and misses when there is one."""
+        stats: Dict[str, Any] = {"active": len(self._rows), "queued": self._waiting.qsize(),
+                                 "max_batch_size": self.max_batch_size, "steps": self._steps, "finished": self._finished}
+        if self.vision_cache is not None:
+            stats["vision_cache"] = self.vision_cache.stats()
+        return stats
 
     # ------------------------------------------------------- the scheduler thread
     def _loop(self) -> None:
