@@ -6,6 +6,9 @@ or targets a running server (``--url``, loopback only). For 1, 2, 4 and 8 concur
 each client sends streamed requests one after another (a bounded count and time per level),
 a share of them malformed (each must get a 4xx). Reports requests/s, output tokens/s, latency
 and time to first token (p50/p95) per level, and the 8-client / 1-client tokens/s ratio.
+A quarter of the requests carry the demo image, the same one each time: with the server's
+vision cache (its default) the vision tower encodes it once per server, as it would a
+conversation's image turn after turn; ``--vision_cache_mb 0`` encodes it in every request.
 
 ``--soak``: 500 requests from 8 clients, 10 % malformed: the server must not crash, every
 well-formed answer must equal the answer its request gets alone, and the server's RSS may
@@ -58,11 +61,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, threads: int, max_batch_size: int, dtype: str) -> Tuple[subprocess.Popen, str]:
+def start_server(model: str, threads: int, max_batch_size: int, dtype: str,
+                 vision_cache_mb: int) -> Tuple[subprocess.Popen, str]:
     """The server in its own process (its RSS is measured alone); returns it and its URL once healthy."""
     port = _free_port()
     cmd = [sys.executable, "-m", "paddlemix_qwen25vl.serve", "--port", str(port), "--served_model_name", MODEL,
-           "--dtype", dtype, "--max_batch_size", str(max_batch_size), "--log_level", "warning"]
+           "--dtype", dtype, "--max_batch_size", str(max_batch_size), "--vision_cache_mb", str(vision_cache_mb),
+           "--log_level", "warning"]
     if model == "quick":
         cmd += ["--model_path", str(ensure_checkpoint("quick", DEFAULT_CACHE))]
     server = subprocess.Popen(cmd, env=worker_env(threads, sys.executable))
@@ -267,6 +272,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                         help="the server's --dtype (its default, bfloat16: bfloat16 weights read by the custom kernels "
                              "for up to 32 rows; float32 batches go through MKL's small-M GEMM)")
+    parser.add_argument("--vision_cache_mb", type=int, default=256,
+                        help="the server's vision cache (its default; 0: every image prompt runs the vision tower)")
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--requests_per_client", type=int, default=6)
     parser.add_argument("--max_seconds", type=float, default=240, help="per level")
@@ -281,7 +288,8 @@ def main() -> None:
     from paddlemix_qwen25vl.cpu import cpu_description
 
     load_average_start = os.getloadavg()  # the machine may be shared: its load, 1/5/15 min
-    server, url = (None, args.url) if args.url else start_server(args.model, args.threads, args.max_batch_size, args.dtype)
+    server, url = (None, args.url) if args.url else start_server(args.model, args.threads, args.max_batch_size, args.dtype,
+                                                                    args.vision_cache_mb)
     try:
         send(url, good_body(0, 4, with_image=True))  # warm-up
         levels = []
@@ -292,9 +300,10 @@ def main() -> None:
         by_clients = {lv["clients"]: lv["output_tokens_per_second"] for lv in levels}
         report = {
             "model": args.url or args.model, "server_threads": args.threads, "server_dtype": args.dtype, "max_batch_size": args.max_batch_size,
+            "vision_cache_mb": None if args.url else args.vision_cache_mb,
             "max_tokens": args.max_tokens, "bad_share": args.bad_share,
-            # the server process sets its own MKL code path and idle threads when it loads the model
-            "cpu": {k: v for k, v in cpu_description().items() if k not in ("mkl_code_path", "mkl_idle_threads")},
+            # the server process sets its own MKL code path when it loads the model
+            "cpu": {k: v for k, v in cpu_description().items() if k != "mkl_code_path"},
             "load_average": {"start": load_average_start, "end": os.getloadavg()},
             "levels": levels,
             "tokens_per_second_8_vs_1": round(by_clients[8] / by_clients[1], 3) if {1, 8} <= set(by_clients) else None,
