@@ -55,9 +55,11 @@ INT4_OFFSET = 8  # a nibble stores q + 8, 0..15
 # Up to KERNEL_MAX_ROWS activation rows the kernel reads the quantised weight directly; beyond,
 # dequantising tiles for MKL's GEMM is faster. On AVX-512 the bfloat16 kernel keeps winning while
 # its float32 activations (M x K) fit the cache, BF16_AVX512_MAX_ACTIVATIONS (measured with
-# benchmarks/bench_weight_only.py --prefill; benchmarks/README.md, "Prefill").
+# benchmarks/bench_weight_only.py --prefill; benchmarks/README.md, "Prefill"). 16 MiB let a
+# 672 x 672 image's vision tower (2304 x 1280) through the kernel, 1.4-1.7x slower than the tiles
+# on one machine of this kind; the decoder's prompts up to 1024 rows stay in.
 KERNEL_MAX_ROWS = 256
-BF16_AVX512_MAX_ACTIVATIONS = 1 << 22  # floats: 16 MiB
+BF16_AVX512_MAX_ACTIVATIONS = 1 << 21  # floats: 8 MiB
 DEQUANT_TILE = 1 << 23  # weight elements dequantised at once on the large-M path (32 MiB; 16 MiB tiles were 5-25% slower)
 
 
