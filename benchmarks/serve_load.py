@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--max_batch_size", type=int, default=8)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                         help="the server's --dtype (its default, bfloat16: bfloat16 weights read by the custom kernels "
-                             "for up to 32 rows; float32 batches go through MKL's small-M GEMM)")
+                             "for up to 256 rows; float32 batches go through MKL's small-M GEMM)")
     parser.add_argument("--vision_cache_mb", type=int, default=256,
                         help="the server's vision cache (its default; 0: every image prompt runs the vision tower)")
     parser.add_argument("--clients", default="1,2,4,8")

@@ -4,7 +4,9 @@ One scheduler thread owns the model. Requests wait in a bounded queue; each is p
 (batch 1, with its pixels) and joins the running batch at the next decode step, where up to
 ``max_batch_size`` sequences share one forward: a step reads the weights once for all rows.
 A row leaves as soon as it finishes (eos or stop id, token budget, cancel, error) and the
-others go on. A prefill is not split into chunks: the running rows wait for it.
+others go on. A prefill is not split into chunks: the running rows wait for it. Pixels that an
+earlier request sent too (a conversation's images, turn after turn) take their vision features
+from the vision cache (:mod:`.vision_cache`) when the engine has one.
 
 The rows live in one :class:`~paddlemix_qwen25vl.cache.BatchKVCache`; logits processing and
 sampling are :mod:`paddlemix_qwen25vl.generation`'s, with one seeded numpy generator per
