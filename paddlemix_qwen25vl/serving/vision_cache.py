@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import paddle
@@ -32,27 +32,25 @@ class VisionFeatureCache:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes} (attach no cache to disable it)")
         self.max_bytes = max_bytes
-        self._entries: "OrderedDict[bytes, paddle.Tensor]" = OrderedDict()
+        self._entries: "OrderedDict[bytes, Tuple[paddle.Tensor, int]]" = OrderedDict()  # key -> (features, bytes)
         self._bytes = 0
         self.hits = self.misses = 0
 
     def features(self, pixels: paddle.Tensor, grid_thw, encode: Encoder) -> paddle.Tensor:
         """``encode(pixels, grid_thw=grid_thw)``, or what it returned for the same inputs before."""
         key = self._key(pixels, grid_thw)
-        cached = self._entries.get(key)
-        if cached is not None:
+        if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
-            return cached
+            return self._entries[key][0]
         self.misses += 1
         features = encode(pixels, grid_thw=grid_thw)
         size = features.numel().item() * features.element_size()
         if size <= self.max_bytes:
-            self._entries[key] = features
+            self._entries[key] = (features, size)
             self._bytes += size
             while self._bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.numel().item() * dropped.element_size()
+                self._bytes -= self._entries.popitem(last=False)[1][1]
         return features
 
     def stats(self) -> Dict[str, int]:
