@@ -176,6 +176,21 @@ def test_kernels_match_float64(cpu_level, kind, n, k):
 
 
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
+def test_a_rows_result_does_not_depend_on_the_other_rows(cpu_level, kind):
+    # The serving engine's batched answers equal lone ones only if a row's product is the
+    # same bits in any batch: every tile shape of 1-4 activation rows and the lone row alike.
+    # k = 2048: the decoder's width; n = 37: ragged weight tiles and a second 32-row task.
+    rng = np.random.default_rng(3)
+    qweight, scales = quantize_weight(paddle.to_tensor(_weight(37, 2048)), kind)
+    x = rng.standard_normal((21, 2048)).astype(np.float32)
+    alone = np.concatenate([get_ops().qwen25vl_weight_only_linear(paddle.to_tensor(x[i:i + 1]), qweight, scales, None)
+                            .numpy() for i in range(len(x))])
+    for m in (2, 4, 5, 8, 13, 21):
+        together = get_ops().qwen25vl_weight_only_linear(paddle.to_tensor(x[:m]), qweight, scales, None).numpy()
+        np.testing.assert_array_equal(together, alone[:m], err_msg=f"M = {m}")
+
+
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
 def test_large_m_takes_the_dequantized_matmul(monkeypatch, kind):
     calls = []
     monkeypatch.setattr(weight_only, "dequantized_matmul", lambda *args: calls.append(args[0].shape) or args[0][:, :4])
