@@ -17,7 +17,6 @@ Without ``--model_path`` the bundled demo checkpoint runs (it allows ``--mp_degr
 import argparse
 import contextlib
 import os
-import sys
 from typing import Optional
 
 import paddle
@@ -26,7 +25,7 @@ import paddle.distributed as dist
 from paddlemix_qwen25vl import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from paddlemix_qwen25vl.cli import answer, build_parser
 from paddlemix_qwen25vl.demo import DEMO_IMAGE, resolve_model_or_demo
-from paddlemix_qwen25vl.distributed import check_tensor_parallel_config, is_main_process
+from paddlemix_qwen25vl.distributed import check_tensor_parallel_config, is_main_process, leave_together
 from paddlemix_qwen25vl.loading import resolve_model_path
 from paddlemix_qwen25vl.quantization import resolve_weight_kind
 from paddlemix_qwen25vl.runtime import set_device
@@ -60,9 +59,7 @@ def main() -> None:
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             args.benchmark_json = None
         run(args, resolve_checkpoint(args.model_path))
-    sys.stdout.flush()
-    if dist.is_initialized():
-        dist.barrier()  # leave together: a rank that is still in gloo when its peer exits can abort (SIGABRT)
+    leave_together()
 
 
 def resolve_checkpoint(model_path: Optional[str]) -> str:

@@ -16,6 +16,7 @@ from .context import (
     check_tensor_parallel_supported,
     init_tensor_parallel,
     is_main_process,
+    leave_together,
 )
 from .layers import ColumnParallelLinear, RowParallelLinear, TiedLMHead, VocabParallelEmbedding, split_axes
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_tensor_parallel_config",
     "check_tensor_parallel_supported",
     "is_main_process",
+    "leave_together",
     "ColumnParallelLinear",
     "RowParallelLinear",
     "VocabParallelEmbedding",

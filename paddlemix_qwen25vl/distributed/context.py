@@ -12,6 +12,7 @@ parallel layers are those of the unsplit model.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, List
 
@@ -31,6 +32,7 @@ __all__ = [
     "reduce_from_ranks",
     "gather_last_axis",
     "is_main_process",
+    "leave_together",
 ]
 
 _LAUNCH_HINT = "python -m paddle.distributed.launch --nproc_per_node {n} SCRIPT ... (add --devices 0,1,... on GPUs)"
@@ -233,3 +235,20 @@ def _needs_grad(x: paddle.Tensor) -> bool:
 def is_main_process() -> bool:
     """True on the process that should print and write shared files (global rank 0)."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def leave_together() -> None:
+    """End a program started by ``paddle.distributed.launch``: wait for every rank, then exit (code 0).
+
+    Call it as the last step, once every output is written. The ranks meet at a barrier, then
+    each ends with ``os._exit`` (stdio flushed), skipping the interpreter's teardown: with a
+    plain exit, a rank whose work was done still died with SIGABRT (exit code -6) in one CI
+    run, which fails the whole launch; the teardown of gloo and the TCP store raced the peer's.
+    Without an initialised parallel environment it only returns.
+    """
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -8,7 +8,7 @@ import sys
 import paddle
 import paddle.distributed as dist
 
-from paddlemix_qwen25vl.distributed.context import init_tensor_parallel
+from paddlemix_qwen25vl.distributed.context import init_tensor_parallel, leave_together
 
 
 def main():
@@ -19,7 +19,7 @@ def main():
     dist.all_reduce(total, group=mp.group)
     with open(f"{sys.argv[1]}/rank{dist.get_rank()}.json", "w") as f:
         json.dump({"mp_rank": mp.rank, "group_sum": float(total.numpy()[0])}, f)
-    dist.barrier()  # leave together: a rank still in gloo when its peer exits can abort (SIGABRT)
+    leave_together()
 
 
 if __name__ == "__main__":

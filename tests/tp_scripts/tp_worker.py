@@ -11,13 +11,13 @@ import os
 import sys
 
 import numpy as np
-import paddle.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers
 
 from helpers.tensor_parallel import run_workload  # noqa: E402
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from paddlemix_qwen25vl.distributed import leave_together  # noqa: E402
 
 
 def peak_rss_mib():
@@ -50,8 +50,7 @@ def main():
         if name == args.save:
             model.save_pretrained(os.path.join(args.out, f"{name}_saved"))
         del model
-    if dist.is_initialized():
-        dist.barrier()  # leave together: a rank still in gloo when its peer exits can abort (SIGABRT)
+    leave_together()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import paddle
 import paddle.distributed as dist
 
 from paddlemix_qwen25vl import Qwen2_5_VLForConditionalGeneration
+from paddlemix_qwen25vl.distributed import leave_together
 from paddlemix_qwen25vl.training.trainer import Qwen2_5_VLTrainer
 
 MP = 2
@@ -38,7 +39,7 @@ def main():
     restored = all(np.array_equal(param.numpy(), values[name]) for name, param in model.named_parameters())
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump({"restored": restored, "mp_rank": model.mp.rank}, f)
-    dist.barrier()  # leave together: a rank still in gloo when its peer exits can abort (SIGABRT)
+    leave_together()
 
 
 if __name__ == "__main__":
