@@ -160,7 +160,7 @@ def test_kernels_match_float64(cpu_level, kind, n, k):
     qweight, scales = quantize_weight(paddle.to_tensor(_weight(n, k)), kind)
     w_hat = dequantize_weight(qweight, scales, kind).numpy().astype(np.float64)
     bias = rng.standard_normal(n).astype(np.float32)
-    for m in (1, 3, 17, KERNEL_MAX_ROWS + 1):  # 17: four 4-row blocks and one row left over
+    for m in (1, 3, 6, 17, KERNEL_MAX_ROWS + 1):  # 6: one wide tile (bfloat16, AVX-512); 17: four 4-row blocks and one row
         x = rng.standard_normal((m, k)).astype(np.float32)
         want = x.astype(np.float64) @ w_hat.T + bias
         bound = _kernel_error_bound(x, qweight, scales, kind, cpu_level)
@@ -178,7 +178,8 @@ def test_kernels_match_float64(cpu_level, kind, n, k):
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
 def test_a_rows_result_does_not_depend_on_the_other_rows(cpu_level, kind):
     # The serving engine's batched answers equal lone ones only if a row's product is the
-    # same bits in any batch: every tile shape of 1-4 activation rows and the lone row alike.
+    # same bits in any batch: tiles of 1-4 activation rows, bfloat16's 5-8-row tiles on AVX-512
+    # and the lone row alike.
     # k = 2048: the decoder's width; n = 37: ragged weight tiles and a second 32-row task.
     rng = np.random.default_rng(3)
     qweight, scales = quantize_weight(paddle.to_tensor(_weight(37, 2048)), kind)

@@ -21,7 +21,8 @@
 // bounds the output error by it).
 // bfloat16, and every kind at the baseline level: the weights are widened to
 // float in registers right after they are loaded, float32 arithmetic, tiles
-// of up to 4 weight rows x 4 activation rows while those rows are in L1.
+// of up to 4 weight rows x 4 activation rows while those rows are in L1
+// (bfloat16 on AVX-512, 5-8 activation rows: 3 weight rows x all of them).
 // Int4 there: element 2j sits in the low nibble of byte j and 2j+1 in the
 // high one; instead of interleaving the nibbles per weight, the activations
 // are split once per call into even and odd halves (low nibbles multiply the
@@ -46,6 +47,8 @@ constexpr int64_t kInt4Group = 128; // inputs per int4 scale
 constexpr int64_t kInt4GroupBytes = kInt4Group / 2;
 constexpr int kMaxRows = 4;         // activation rows per pass over a weight row
 constexpr int64_t kRowsPerTask = 32;  // output rows per OpenMP task
+constexpr int kWideRows = 8;        // bfloat16, AVX-512: activation rows of the widest tile
+constexpr int64_t kRowPadFloats = 16;  // bfloat16, kMaxRows < m <= kWideRows: x's rows get a padded copy
 
 enum class Kind { kBf16, kInt8, kInt4 };
 
@@ -89,7 +92,12 @@ struct QuantizedActivations {
 
 // Activations as the kernels read them: x itself; for the baseline int4
 // kernel its even and odd elements (xe, xo: [m, k/2] each) and its sums per
-// 128-input group (xsum: [m, groups]); for the integer kernels q.
+// 128-input group (xsum: [m, groups]); for the integer kernels q; for the
+// bfloat16 kernels x's rows, ld floats apart: x itself, or for kMaxRows < m
+// <= kWideRows a copy with rows k + kRowPadFloats apart. Rows k floats apart map to the
+// same L1 sets when 4k is a multiple of 4 KiB (k = 2048): 8 activation rows
+// and the weight rows then fought over 8 ways (an 8-row tile ran slower than
+// two 4-row passes until the rows were padded).
 struct Activations {
   const float* x;
   const float* xe;
@@ -97,6 +105,8 @@ struct Activations {
   const float* xsum;
   const QuantizedActivations* q;
   int64_t m;
+  const float* rows;
+  int64_t ld;
 };
 
 // q's buffers for x [m, k] and weights of `kind` (int8 or int4), layouts
@@ -212,11 +222,16 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
              "bias must be contiguous float32 [N]");
     bias_data = bias.get().data<float>();
   }
-  Activations a{x.data<float>(), nullptr, nullptr, nullptr, nullptr, x.numel() / w.k};
+  Activations a{x.data<float>(), nullptr, nullptr, nullptr, nullptr, x.numel() / w.k, x.data<float>(), w.k};
   const Isa isa = cpu_isa();
   QuantizedActivations quantized;
-  std::vector<float> split;
-  if (isa != Isa::kBaseline && w.kind != Kind::kBf16) {
+  std::vector<float> split, padded;
+  if (w.kind == Kind::kBf16 && a.m > kMaxRows && a.m <= kWideRows) {
+    a.ld = w.k + kRowPadFloats;
+    padded.resize(a.m * a.ld);
+    for (int64_t r = 0; r < a.m; ++r) std::copy(a.x + r * w.k, a.x + (r + 1) * w.k, padded.data() + r * a.ld);
+    a.rows = padded.data();
+  } else if (isa != Isa::kBaseline && w.kind != Kind::kBf16) {
 #ifdef PMQ_X86_ISAS  // the integer kernels exist on x86-64 only (isa is baseline elsewhere)
     size_activations(a.m, w.k, w.kind, quantized);
     if (isa == Isa::kAvx512) quantize_rows_avx512(a.x, a.m, w.k, w.kind, quantized);

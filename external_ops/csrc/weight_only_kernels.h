@@ -114,24 +114,61 @@ struct Int8Row {
 // activation vector loaded serve NB weight rows: with one weight row per tile,
 // 4 activation rows (from L2 beyond a few rows) cost one load per FMA and
 // M = 8 ran 3.1x slower than M = 1 (bench_weight_only.py). AVX-512 has 32
-// vector registers: 4 x 4 accumulators; AVX2 has 16: up to 4 x 2. The
-// baseline keeps small tiles: its int4 tile holds two accumulator sets.
+// vector registers: 4 x 4 accumulators, or 3 x 8 (kWideTiles); AVX2 has 16:
+// up to 4 x 2. The baseline keeps small tiles: its int4 tile holds two
+// accumulator sets.
 constexpr int tile_rows(int r) {
-  return PMQ_WO_LANES == 16 ? 4 : PMQ_WO_LANES == 8 ? (r <= 2 ? 4 : 2) : (r == 1 ? 4 : r == 2 ? 2 : 1);
+  return PMQ_WO_LANES == 16 ? (r <= kMaxRows ? 4 : 3)
+                            : PMQ_WO_LANES == 8 ? (r <= 2 ? 4 : 2) : (r == 1 ? 4 : r == 2 ? 2 : 1);
 }
 
+// Bfloat16 on AVX-512, kMaxRows < M <= kWideRows activation rows (a decode
+// batch): one tile of 3 weight rows x M activation rows reads and widens each
+// weight once, where passes of 4 rows did it twice and re-read the tile from
+// L2. Beyond kWideRows (prefill) the 4-row passes measured faster: with the
+// weights in cache, 8 activation rows per 3 weight rows load more per FMA.
+// The activations then come as a padded copy (Activations::rows).
+constexpr bool kWideTiles = PMQ_WO_LANES == 16;
+
 // sums[b][r] = w_b . x_r for NB weight rows and R activation rows ldx apart.
-template <int W, int NB, int R, typename Row>
+// Prefetch: the tile is the first to read these weight rows (the first pass
+// of activation rows), so it prefetches the next tile's rows (NB rows on;
+// past the weight's end a prefetch is a no-op). With several activation rows
+// a tile computes long enough per weight byte that the hardware prefetchers
+// fell behind and the reads waited on memory: M = 4 cost 1.2-1.3x M = 1, with
+// this 1.0x. Later passes find the rows in cache, where the prefetches only
+// took load slots (prefill M = 256 ran up to 1.5x slower with them); one row
+// (R = 1) computes too little per byte to outrun the hardware prefetchers.
+template <int W, int NB, int R, bool Prefetch, typename Row>
 PMQ_INLINE void dot_tile(const Row (&w)[NB], const float* x, int64_t ldx, int64_t k, float (&sums)[NB][R]) {
   typedef Lanes<W> L;
   typename L::vf acc[NB][R] = {};
   int64_t i = 0;
   for (; i + W <= k; i += W) {
-    typename L::vf xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = L::load(x + r * ldx + i);
-    for (int b = 0; b < NB; ++b) {
-      const typename L::vf wv = w[b].vec(i);
-      for (int r = 0; r < R; ++r) acc[b][r] += wv * xv[r];
+#if PMQ_WO_LANES >= 8
+    if (Prefetch && R > 1)
+      for (int b = 0; b < NB; ++b) _mm_prefetch(reinterpret_cast<const char*>(w[b].p + NB * k + i), _MM_HINT_T0);
+#endif
+    if (R <= kMaxRows) {
+      typename L::vf xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = L::load(x + r * ldx + i);
+      for (int b = 0; b < NB; ++b) {
+        const typename L::vf wv = w[b].vec(i);
+        for (int r = 0; r < R; ++r) acc[b][r] += wv * xv[r];
+      }
+    } else {  // a wide tile: NB weight vectors held, each activation vector loaded once
+      typename L::vf wv[NB];
+      for (int b = 0; b < NB; ++b) wv[b] = w[b].vec(i);
+      for (int r = 0; r < R; ++r) {
+        typename L::vf xv = L::load(x + r * ldx + i);
+#if PMQ_WO_LANES >= 8
+        // GCC would fold this load into each of the NB FMAs (NB loads per
+        // vector) and the load ports, not the FMA units, set the pace: an
+        // in-cache 8-row tile ran at 43 G lane-FMA/s, with one load 88.
+        __asm__("" : "+v"(xv));
+#endif
+        for (int b = 0; b < NB; ++b) acc[b][r] += wv[b] * xv;
+      }
     }
   }
   for (int b = 0; b < NB; ++b)
@@ -353,8 +390,9 @@ PMQ_INLINE void dot_tile_q4(const uint8_t* const (&p)[NB], const float* const (&
 }
 #endif
 
-// out[m0 + r, n + b] for NB weight rows from n and R activation rows from m0.
-template <int W, int NB, int R>
+// out[m0 + r, n + b] for NB weight rows from n and R activation rows from m0
+// (Prefetch: see dot_tile).
+template <int W, int NB, int R, bool Prefetch>
 PMQ_INLINE void tile(const Weights& w, const Activations& a, int64_t m0, int64_t n,
                      const float* bias, float* out) {
   float sums[NB][R];
@@ -362,7 +400,7 @@ PMQ_INLINE void tile(const Weights& w, const Activations& a, int64_t m0, int64_t
     case Kind::kBf16: {
       Bf16Row<W> rows[NB];
       for (int b = 0; b < NB; ++b) rows[b].p = static_cast<const uint16_t*>(w.data) + (n + b) * w.k;
-      dot_tile<W, NB, R>(rows, a.x + m0 * w.k, w.k, w.k, sums);
+      dot_tile<W, NB, R, Prefetch>(rows, a.rows + m0 * a.ld, a.ld, w.k, sums);
       break;
     }
     case Kind::kInt8: {
@@ -376,7 +414,7 @@ PMQ_INLINE void tile(const Weights& w, const Activations& a, int64_t m0, int64_t
 #else
       Int8Row<W> rows[NB];
       for (int b = 0; b < NB; ++b) rows[b].p = static_cast<const int8_t*>(w.data) + (n + b) * w.k;
-      dot_tile<W, NB, R>(rows, a.x + m0 * w.k, w.k, w.k, sums);
+      dot_tile<W, NB, R, false>(rows, a.x + m0 * w.k, w.k, w.k, sums);
 #endif
       for (int b = 0; b < NB; ++b)
         for (int r = 0; r < R; ++r) sums[b][r] *= w.scales[n + b];
@@ -411,23 +449,44 @@ PMQ_INLINE void tile(const Weights& w, const Activations& a, int64_t m0, int64_t
 
 // Weight rows [n, n + NB) against R activation rows from m0, as tiles of
 // tile_rows(R) weight rows (NB is 1 or a multiple of them).
-template <int W, int NB, int R>
+template <int W, int NB, int R, bool Prefetch>
 PMQ_INLINE void rows_against(const Weights& w, const Activations& a, int64_t m0, int64_t n, const float* bias,
                              float* out) {
   constexpr int TB = std::min(NB, tile_rows(R));
-  for (int b = 0; b < NB; b += TB) tile<W, TB, R>(w, a, m0, n + b, bias, out);
+  for (int b = 0; b < NB; b += TB) tile<W, TB, R, Prefetch>(w, a, m0, n + b, bias, out);
+}
+
+// The last a.m - m0 < kMaxRows activation rows against weight rows [n, n + NB).
+template <int W, int NB, bool Prefetch>
+PMQ_INLINE void rows_against_rest(const Weights& w, const Activations& a, int64_t m0, int64_t n, const float* bias,
+                                  float* out) {
+  switch (a.m - m0) {
+    case 3: rows_against<W, NB, 3, Prefetch>(w, a, m0, n, bias, out); break;
+    case 2: rows_against<W, NB, 2, Prefetch>(w, a, m0, n, bias, out); break;
+    case 1: rows_against<W, NB, 1, Prefetch>(w, a, m0, n, bias, out); break;
+    default: break;
+  }
 }
 
 // Weight rows [n, n + NB) against every activation row, kMaxRows at a time.
 template <int W, int NB>
 PMQ_INLINE void rows_against_all(const Weights& w, const Activations& a, int64_t n, const float* bias, float* out) {
-  int64_t m0 = 0;
-  for (; m0 + kMaxRows <= a.m; m0 += kMaxRows) rows_against<W, NB, kMaxRows>(w, a, m0, n, bias, out);
-  switch (a.m - m0) {
-    case 3: rows_against<W, NB, 3>(w, a, m0, n, bias, out); break;
-    case 2: rows_against<W, NB, 2>(w, a, m0, n, bias, out); break;
-    case 1: rows_against<W, NB, 1>(w, a, m0, n, bias, out); break;
-    default: break;
+  if (a.m < kMaxRows) return rows_against_rest<W, NB, true>(w, a, 0, n, bias, out);
+  rows_against<W, NB, kMaxRows, true>(w, a, 0, n, bias, out);
+  int64_t m0 = kMaxRows;
+  for (; m0 + kMaxRows <= a.m; m0 += kMaxRows) rows_against<W, NB, kMaxRows, false>(w, a, m0, n, bias, out);
+  rows_against_rest<W, NB, false>(w, a, m0, n, bias, out);
+}
+
+// Bfloat16 weight rows [n, n + NB) against all kMaxRows < a.m <= kWideRows activation rows.
+template <int W, int NB>
+PMQ_INLINE void rows_against_all_wide(const Weights& w, const Activations& a, int64_t n, const float* bias,
+                                      float* out) {
+  switch (a.m) {
+    case 8: tile<W, NB, 8, true>(w, a, 0, n, bias, out); break;
+    case 7: tile<W, NB, 7, true>(w, a, 0, n, bias, out); break;
+    case 6: tile<W, NB, 6, true>(w, a, 0, n, bias, out); break;
+    default: tile<W, NB, 5, true>(w, a, 0, n, bias, out); break;
   }
 }
 
@@ -437,6 +496,13 @@ PMQ_INLINE void linear_rows(const Weights& w, const Activations& a, const float*
                             float* out, int64_t n0, int64_t n1) {
   constexpr int NB = tile_rows(1);
   int64_t n = n0;
+  if (kWideTiles && w.kind == Kind::kBf16 && a.m > kMaxRows && a.m <= kWideRows) {
+    constexpr int TB = tile_rows(kWideRows);
+    for (; n + TB <= n1; n += TB) rows_against_all_wide<W, TB>(w, a, n, bias, out);
+    if (n1 - n == 2) rows_against_all_wide<W, 2>(w, a, n, bias, out);
+    else if (n1 - n == 1) rows_against_all_wide<W, 1>(w, a, n, bias, out);
+    return;
+  }
 #if PMQ_WO_LANES >= 8
   // The integer kernels are light enough to read one weight row at a time: a
   // single sequential stream, which measured faster than NB interleaved ones.
