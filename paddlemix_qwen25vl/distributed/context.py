@@ -242,8 +242,9 @@ def leave_together() -> None:
 
     Call it as the last step, once every output is written. The ranks meet at a barrier, then
     each ends with ``os._exit`` (stdio flushed), skipping the interpreter's teardown: with a
-    plain exit, a rank whose work was done still died with SIGABRT (exit code -6) in one CI
-    run, which fails the whole launch; the teardown of gloo and the TCP store raced the peer's.
+    plain exit, a rank whose work was done still died with SIGABRT (exit code -6, no message
+    after its last output) in one CI run, which fails the whole launch; the teardown of gloo
+    and the TCP store while the peer tears down its own is where nothing else was left to run.
     Without an initialised parallel environment it only returns.
     """
     if not dist.is_initialized():
