@@ -52,6 +52,9 @@ constexpr int64_t kRowPadFloats = 16;  // bfloat16, kMaxRows < m <= kWideRows: x
 
 enum class Kind { kBf16, kInt8, kInt4 };
 
+// A bfloat16 decode batch the AVX-512 kernels take in one tile (kWideTiles).
+constexpr bool wide_bf16_batch(Kind kind, int64_t m) { return kind == Kind::kBf16 && m > kMaxRows && m <= kWideRows; }
+
 // One quantised weight [n, k]; scales [n] (int8), [n, groups] (int4) or null.
 struct Weights {
   Kind kind;
@@ -93,8 +96,8 @@ struct QuantizedActivations {
 // Activations as the kernels read them: x itself; for the baseline int4
 // kernel its even and odd elements (xe, xo: [m, k/2] each) and its sums per
 // 128-input group (xsum: [m, groups]); for the integer kernels q; for the
-// bfloat16 kernels x's rows, ld floats apart: x itself, or for kMaxRows < m
-// <= kWideRows a copy with rows k + kRowPadFloats apart. Rows k floats apart map to the
+// bfloat16 kernels x's rows, ld floats apart: x itself, or on AVX-512 for a
+// wide_bf16_batch a copy with rows k + kRowPadFloats apart. Rows k floats apart map to the
 // same L1 sets when 4k is a multiple of 4 KiB (k = 2048): 8 activation rows
 // and the weight rows then fought over 8 ways (an 8-row tile ran slower than
 // two 4-row passes until the rows were padded).
@@ -226,7 +229,7 @@ std::vector<paddle::Tensor> WeightOnlyLinearForward(const paddle::Tensor& x_in, 
   const Isa isa = cpu_isa();
   QuantizedActivations quantized;
   std::vector<float> split, padded;
-  if (w.kind == Kind::kBf16 && a.m > kMaxRows && a.m <= kWideRows) {
+  if (isa == Isa::kAvx512 && wide_bf16_batch(w.kind, a.m)) {  // the levels without wide tiles read x itself
     a.ld = w.k + kRowPadFloats;
     padded.resize(a.m * a.ld);
     for (int64_t r = 0; r < a.m; ++r) std::copy(a.x + r * w.k, a.x + (r + 1) * w.k, padded.data() + r * a.ld);

@@ -478,7 +478,7 @@ PMQ_INLINE void rows_against_all(const Weights& w, const Activations& a, int64_t
   rows_against_rest<W, NB, false>(w, a, m0, n, bias, out);
 }
 
-// Bfloat16 weight rows [n, n + NB) against all kMaxRows < a.m <= kWideRows activation rows.
+// Bfloat16 weight rows [n, n + NB) against all rows of a wide_bf16_batch.
 template <int W, int NB>
 PMQ_INLINE void rows_against_all_wide(const Weights& w, const Activations& a, int64_t n, const float* bias,
                                       float* out) {
@@ -496,7 +496,7 @@ PMQ_INLINE void linear_rows(const Weights& w, const Activations& a, const float*
                             float* out, int64_t n0, int64_t n1) {
   constexpr int NB = tile_rows(1);
   int64_t n = n0;
-  if (kWideTiles && w.kind == Kind::kBf16 && a.m > kMaxRows && a.m <= kWideRows) {
+  if (kWideTiles && wide_bf16_batch(w.kind, a.m)) {
     constexpr int TB = tile_rows(kWideRows);
     for (; n + TB <= n1; n += TB) rows_against_all_wide<W, TB>(w, a, n, bias, out);
     if (n1 - n == 2) rows_against_all_wide<W, 2>(w, a, n, bias, out);
