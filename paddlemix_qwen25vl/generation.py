@@ -69,7 +69,7 @@ def _log_sum(weights: paddle.Tensor) -> paddle.Tensor:
     return paddle.log(weights.astype("float64").sum(axis=-1, keepdim=True)).astype(weights.dtype)
 
 
-def _draw_on_host(weights: paddle.Tensor, generators: Sequence[np.random.Generator]) -> paddle.Tensor:
+def _draw_on_host(weights: paddle.Tensor, generators: Sequence[np.random.Generator]) -> np.ndarray:
     """One token per row of unnormalised ``weights [B, vocab]``, row b drawn with ``generators[b]``."""
     rows = weights.numpy().astype(np.float64)
     if len(generators) != rows.shape[0]:
@@ -78,36 +78,46 @@ def _draw_on_host(weights: paddle.Tensor, generators: Sequence[np.random.Generat
     for row, generator in zip(rows, generators):
         cumulative = np.cumsum(row)
         tokens.append(min(int(np.searchsorted(cumulative, generator.random() * cumulative[-1], side="right")), row.size - 1))
-    return paddle.to_tensor(tokens, dtype="int64")
+    return np.asarray(tokens, dtype=np.int64)
+
+
+def _greedy_on_host(logits: paddle.Tensor, log_probs: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Arg-max and its log-probability of ``logits [B, vocab]`` in numpy. After a decode step's
+    weights have streamed through the caches each Paddle operator costs ~0.2 ms on CPU; one copy
+    to the host replaces the eight a device-side arg-max and log-sum take (benchmarks/README.md)."""
+    rows = logits.numpy()  # [B, vocab]
+    tokens = rows.argmax(axis=-1)
+    if not log_probs:
+        return tokens, None
+    best = rows[np.arange(rows.shape[0]), tokens][:, None]  # [B, 1], the row maximum
+    log_sum = np.log(np.exp(rows - best).sum(axis=-1, keepdims=True, dtype=np.float64))  # shifted: <= 0, no overflow
+    return tokens, (-log_sum).astype(rows.dtype)  # chosen - best = 0
 
 
 def choose_next_tokens(logits: paddle.Tensor, sample: bool, generators: Optional[Sequence[np.random.Generator]] = None,
-                       log_probs: bool = True) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
-    """The next token of each row of processed ``logits [B, vocab]`` and its log-probability.
+                       log_probs: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The next token of each row of processed ``logits [B, vocab]`` and its log-probability, on the host.
 
     Greedy takes the arg-max; sampling draws from softmax(logits), with Paddle's global
     generator or, given ``generators`` (one numpy Generator per row), on the host: a seeded
-    row then draws the same tokens whatever batch it runs in. Returns ``(tokens [B],
-    log_probs [B, 1])``; the log-probability is the chosen logit minus the row's logsumexp
-    (None with ``log_probs=False``, which skips that vocabulary-wide sum).
+    row then draws the same tokens whatever batch it runs in. Returns numpy ``(tokens [B],
+    log_probs [B, 1])`` (every caller reads them on the host: stop checks, streamers); the
+    log-probability is the chosen logit minus the row's logsumexp, summed in float64 (None
+    with ``log_probs=False``, which skips that vocabulary-wide sum).
     """
-    if sample:
-        best = logits.max(axis=-1, keepdim=True)  # [B, 1]
-    else:
-        tokens = paddle.argmax(logits, axis=-1)
-        if not log_probs:
-            return tokens, None
-        best = paddle.take_along_axis(logits, tokens.unsqueeze(-1), axis=1)  # the row maximum
+    if not sample:
+        return _greedy_on_host(logits, log_probs)
+    best = logits.max(axis=-1, keepdim=True)  # [B, 1]
     shifted = logits - best  # <= 0: exp cannot overflow
     weights = paddle.exp(shifted)  # softmax up to the normaliser
-    if sample and generators is not None:
+    if generators is not None:
         tokens = _draw_on_host(weights, generators)
-    elif sample:  # multinomial normalises the weights itself
-        tokens = paddle.multinomial(weights, num_samples=1).squeeze(-1)
+    else:  # multinomial normalises the weights itself
+        tokens = paddle.multinomial(weights, num_samples=1).squeeze(-1).numpy()
     if not log_probs:
         return tokens, None
-    chosen = paddle.take_along_axis(shifted, tokens.unsqueeze(-1), axis=1)
-    return tokens, chosen - _log_sum(weights)
+    chosen = paddle.take_along_axis(shifted, paddle.to_tensor(tokens).unsqueeze(-1), axis=1)
+    return tokens, (chosen - _log_sum(weights)).numpy()
 
 
 def _as_list(value: Union[int, Sequence[int], None]) -> List[int]:
@@ -171,11 +181,11 @@ class GenerationSettings:
 def process_logits(logits: paddle.Tensor, seen: paddle.Tensor, step: int, settings: GenerationSettings) -> paddle.Tensor:
     """The Hugging Face order on the last position's ``logits [B, vocab]``: repetition penalty
     over ``seen [B, L]``, eos suppressed before ``min_new_tokens``, then (sampling) temperature,
-    top-k and top-p."""
+    top-k and top-p. The eos suppression writes into ``logits`` (one operator instead of
+    building an index and copying the rows: each costs ~0.2 ms in a CPU decode step)."""
     logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
     if settings.eos_token_ids and step < settings.min_new_tokens:
-        eos = paddle.to_tensor([list(settings.eos_token_ids)] * logits.shape[0], dtype="int64")
-        logits = paddle.put_along_axis(logits, eos, float("-inf"), axis=1)
+        logits[:, list(settings.eos_token_ids)] = float("-inf")
     if settings.sample:
         logits = top_k_top_p_filter(logits / settings.temperature, settings.top_k, settings.top_p)
     return logits
@@ -236,10 +246,11 @@ def generate(
     decoder = _Decoder(model, input_ids, attention_mask, settings, use_cache, model_inputs)
     outputs = decoder.prefill()
     for step in range(settings.max_new_tokens):
-        # 1. pick each row's next token from the last position's logits
-        next_tokens = decoder.choose(outputs.logits[:, -1, :].astype("float32"), step)
+        # 1. pick each row's next token from the last position's logits (on the host)
+        logits = outputs.logits[:, -1, :]
+        next_tokens = decoder.choose(logits if logits.dtype == paddle.float32 else logits.astype("float32"), step)
         if streamer is not None:
-            streamer.put(next_tokens)
+            streamer.put(paddle.to_tensor(next_tokens))
         # 2. stop once every row has emitted eos, or at the token limit
         if decoder.all_finished() or step == settings.max_new_tokens - 1:
             break
@@ -247,13 +258,15 @@ def generate(
         outputs = decoder.step(next_tokens, outputs)
     if streamer is not None:
         streamer.end()
-    return paddle.stack(decoder.new_tokens, axis=1), decoder.scores
+    return paddle.to_tensor(np.stack(decoder.new_tokens, axis=1), dtype=input_ids.dtype), paddle.to_tensor(decoder.scores)
 
 
 class _Decoder:
     """The state of one :func:`generate` call: the cache, the tokens so far, the scores, which rows are done.
 
-    Shapes: B rows, L tokens so far (prompt included), V vocabulary.
+    Shapes: B rows, L tokens so far (prompt included), V vocabulary. The tokens, scores and
+    finished flags live on the host (numpy): the choice arrives there anyway, and a Paddle
+    operator costs ~0.2 ms in a CPU decode step, numpy's bookkeeping microseconds.
     """
 
     def __init__(self, model: Any, input_ids: paddle.Tensor, attention_mask: paddle.Tensor,
@@ -267,10 +280,11 @@ class _Decoder:
         self.padded = not bool((attention_mask == 1).all())
         self.track_seen = settings.repetition_penalty != 1.0 or not use_cache
         self.seen = input_ids  # [B, L]
-        self.eos = paddle.to_tensor(list(settings.eos_token_ids), dtype=input_ids.dtype) if settings.eos_token_ids else None
-        self.new_tokens: List[paddle.Tensor] = []  # each [B]
-        self.scores = paddle.zeros([batch, 1], dtype="float32")  # summed log-probabilities
-        self.finished = paddle.zeros([batch], dtype="bool")
+        self.id_dtype = input_ids.dtype
+        self.eos = np.asarray(settings.eos_token_ids, dtype=np.int64)
+        self.new_tokens: List[np.ndarray] = []  # each [B]
+        self.scores = np.zeros([batch, 1], dtype=np.float32)  # summed log-probabilities
+        self.finished = np.zeros([batch], dtype=bool)
         # Allocated once for the prompt and every new token: decode steps write in place
         # instead of copying the whole cache.
         self.cache = KVCache(model.config.num_hidden_layers, capacity=prompt_len + settings.max_new_tokens) if use_cache else None
@@ -280,32 +294,30 @@ class _Decoder:
         return self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, past_key_values=self.cache,
                           use_cache=self.use_cache, logits_to_keep=1, **self.model_inputs)
 
-    def choose(self, logits: paddle.Tensor, step: int) -> paddle.Tensor:
+    def choose(self, logits: paddle.Tensor, step: int) -> np.ndarray:
         """Next tokens ``[B]`` from ``logits [B, V]``: finished rows get the pad token and add no score."""
         logits = process_logits(logits, self.seen, step, self.settings)
         next_tokens, chosen = choose_next_tokens(logits, sample=self.settings.sample)
-        next_tokens = next_tokens.astype(self.input_ids.dtype)
-        self.scores = self.scores + paddle.where(self.finished.unsqueeze(-1), paddle.zeros_like(chosen), chosen)
-        next_tokens = paddle.where(self.finished, paddle.full_like(next_tokens, self.settings.pad_token_id), next_tokens)
+        self.scores += np.where(self.finished[:, None], 0.0, chosen).astype(np.float32)
+        next_tokens = np.where(self.finished, self.settings.pad_token_id, next_tokens).astype(np.int64)
         self.new_tokens.append(next_tokens)
-        if self.eos is not None:
-            hit_eos = (next_tokens.unsqueeze(-1) == self.eos.unsqueeze(0)).any(-1)
-            self.finished = paddle.logical_or(self.finished, hit_eos)
+        self.finished |= np.isin(next_tokens, self.eos)
         return next_tokens
 
     def all_finished(self) -> bool:
         return bool(self.finished.all())
 
-    def step(self, next_tokens: paddle.Tensor, outputs: Any) -> Any:
+    def step(self, next_tokens: np.ndarray, outputs: Any) -> Any:
         """One decode step on ``next_tokens [B]``: with the cache one token per row, without it the whole sequence."""
         batch = next_tokens.shape[0]
+        next_ids = paddle.to_tensor(next_tokens[:, None], dtype=self.id_dtype)  # [B, 1]
         if self.track_seen:
-            self.seen = paddle.concat([self.seen, next_tokens.unsqueeze(-1)], axis=1)
+            self.seen = paddle.concat([self.seen, next_ids], axis=1)
         if self.padded:
             ones = paddle.ones([batch, 1], dtype=self.attention_mask.dtype)
             self.attention_mask = paddle.concat([self.attention_mask, ones], axis=1)
         mask = self.attention_mask if self.padded else None
         if self.use_cache:
-            return self.model(input_ids=next_tokens.unsqueeze(-1), attention_mask=mask, past_key_values=outputs.past_key_values,
+            return self.model(input_ids=next_ids, attention_mask=mask, past_key_values=outputs.past_key_values,
                               rope_deltas=outputs.rope_deltas, use_cache=True, logits_to_keep=1)
         return self.model(input_ids=self.seen, attention_mask=mask, use_cache=False, logits_to_keep=1, **self.model_inputs)
