@@ -69,4 +69,8 @@ class SwiGLUMLP(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """``[..., C]`` -> gate, up ``[..., I]`` -> ``[..., C]``."""
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if paddle.is_grad_enabled():
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        hidden = self.act_fn(self.gate_proj(x))
+        hidden.multiply_(self.up_proj(x))  # in place: no graph keeps the activation, one [..., I] buffer fewer
+        return self.down_proj(hidden)

@@ -185,12 +185,11 @@ def dequantized_matmul(x: paddle.Tensor, qweight: paddle.Tensor, scales: paddle.
     ops = get_ops()
     n, k = qweight.shape[0], in_features(qweight, kind)
     step = max(1, DEQUANT_TILE // k)
-    tiles = []
-    for start in range(0, n, step):
-        ids = paddle.arange(start, min(n, start + step), dtype="int64")
-        tiles.append(paddle.matmul(x, ops.qwen25vl_weight_only_rows(qweight, scales, ids), transpose_y=True))
+    tiles = [paddle.matmul(x, ops.qwen25vl_weight_only_rows(qweight, scales, paddle.arange(start, min(n, start + step))),
+                           transpose_y=True) for start in range(0, n, step)]
     out = tiles[0] if len(tiles) == 1 else paddle.concat(tiles, axis=-1)
-    return out if bias is None else out + bias
+    del tiles  # the tiles' outputs before the bias: at most one [M, N] output alive beside x
+    return out if bias is None else out.add_(bias)
 
 
 def kernel_reads_directly(rows: int, k: int, kind: str) -> bool:
