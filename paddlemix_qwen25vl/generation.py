@@ -250,7 +250,7 @@ def generate(
         logits = outputs.logits[:, -1, :]
         next_tokens = decoder.choose(logits if logits.dtype == paddle.float32 else logits.astype("float32"), step)
         if streamer is not None:
-            streamer.put(paddle.to_tensor(next_tokens))
+            streamer.put(paddle.to_tensor(next_tokens, dtype=input_ids.dtype))
         # 2. stop once every row has emitted eos, or at the token limit
         if decoder.all_finished() or step == settings.max_new_tokens - 1:
             break
