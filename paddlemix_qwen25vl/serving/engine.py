@@ -30,7 +30,7 @@ import numpy as np
 import paddle
 
 from ..cache import BatchKVCache, KVCache
-from ..generation import GenerationSettings, check_inputs, choose_next_tokens, process_logits
+from ..generation import GenerationSettings, check_inputs, choose_next_tokens, last_position_logits, process_logits
 from ..runtime import use_num_threads_in_this_thread
 from .vision_cache import VisionFeatureCache
 
@@ -304,7 +304,7 @@ class Engine:
         outputs = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                              logits_to_keep=1, **inputs)
         row = _Row(request, settings, int(outputs.rope_deltas.reshape([-1])[0]))
-        reason = row.accept(self._choose([row], outputs.logits[:, -1, :].astype("float32"))[0])
+        reason = row.accept(self._choose([row], last_position_logits(outputs.logits))[0])
         if reason is not None:
             self._finish(request, reason)
             return
@@ -333,7 +333,7 @@ class Engine:
             use_cache=True, logits_to_keep=1,
         )
         self._steps += 1
-        tokens = self._choose(rows, outputs.logits[:, -1, :].astype("float32"))
+        tokens = self._choose(rows, last_position_logits(outputs.logits))
         reasons = [row.accept(token) for row, token in zip(rows, tokens)]
         for slot in reversed(range(len(rows))):  # descending: a leaving row's slot gets a row already seen
             if reasons[slot] is not None:
