@@ -14,7 +14,7 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 # Module name of the installed package (``import paddlemix_qwen25vl_ops``).
 MODULE_NAME = "paddlemix_qwen25vl_ops"
 
-CPU_SOURCES = ["flash_attn_varlen_op.cc", "flash_attn_varlen_cpu.cc", "weight_only_cpu.cc"]
+CPU_SOURCES = ["flash_attn_varlen_op.cc", "flash_attn_varlen_cpu.cc", "weight_only_cpu.cc", "rotary_cpu.cc"]
 CUDA_SOURCES = ["flash_attn_varlen_cuda_binding.cc", "flash_attn_varlen_cuda.cu"]
 
 # No -march=native: the library is plain x86-64; the CPU kernels carry AVX-512 and AVX2+FMA

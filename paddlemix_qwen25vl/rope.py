@@ -14,9 +14,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import paddle
 
+from .ops.loader import get_ops
+
 __all__ = [
     "signed_sin",
     "apply_rotary",
+    "apply_rotary_qk",
     "rotary_inv_freq",
     "vision_rotary_freqs",
     "mrope_cos_sin",
@@ -56,6 +59,32 @@ def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin_signed: paddle.Tensor
     dispatch-bound). cos/sin_signed must broadcast against x.
     """
     return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * sin_signed
+
+
+def _rotary_op_applies(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor) -> bool:
+    """Whether the compiled ``qwen25vl_rotary_qk`` runs these tensors: float32 on the CPU, no
+    gradient (it has no backward), tables of one row per position (Ht = 1) or per head."""
+    ops = get_ops()
+    if ops is None or not hasattr(ops, "qwen25vl_rotary_qk") or paddle.is_grad_enabled():
+        return False
+    if not (q.place.is_cpu_place() and q.dtype == k.dtype == cos.dtype == paddle.float32):
+        return False
+    leading = list(cos.shape[:-2])
+    return all(x.ndim == cos.ndim and list(x.shape[:-2]) == leading and x.shape[-1] == cos.shape[-1]
+               and cos.shape[-2] in (1, x.shape[-2]) for x in (q, k))
+
+
+def apply_rotary_qk(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor,
+                    sin_signed: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """:func:`apply_rotary` of ``q [..., H, D]`` and ``k [..., KVH, D]`` with the same tables
+    ``[..., 1 or H, D]``. On the CPU without a graph, one call of the compiled
+    ``qwen25vl_rotary_qk`` (external_ops/csrc/rotary_cpu.cc), bitwise the same: Paddle's
+    elementwise path is eight calls, and in a decode step each costs tens of microseconds
+    to ~0.2 ms whatever its size (benchmarks/README.md, "The generation loop")."""
+    if _rotary_op_applies(q, k, cos):
+        q_out, k_out = get_ops().qwen25vl_rotary_qk(q, k, cos, sin_signed)
+        return q_out, k_out
+    return apply_rotary(q, cos, sin_signed), apply_rotary(k, cos, sin_signed)
 
 
 def vision_rotary_freqs(grid_thw: np.ndarray, head_dim: int, spatial_merge_size: int, theta: float = 10000.0) -> np.ndarray:

@@ -26,7 +26,7 @@ from .configuration import Qwen2_5_VLConfig
 from .distributed.context import SINGLE, ParallelContext
 from .distributed.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from .layers import RMSNorm, SwiGLUMLP
-from .rope import apply_rotary, mrope_cos_sin, rotary_inv_freq
+from .rope import apply_rotary_qk, mrope_cos_sin, rotary_inv_freq
 from .runtime import on_gpu
 
 __all__ = ["Qwen2_5_VLTextModel"]
@@ -78,7 +78,7 @@ class DecoderAttention(nn.Layer):
         q = self.q_proj(hidden_states).reshape([batch, q_len, self.num_heads, self.head_dim])
         k = self.k_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
         v = self.v_proj(hidden_states).reshape([batch, q_len, self.num_kv_heads, self.head_dim])
-        q, k = apply_rotary(q, cos, sin_signed), apply_rotary(k, cos, sin_signed)  # cos/sin_signed: [B, Lq, 1, D]
+        q, k = apply_rotary_qk(q, k, cos, sin_signed)  # cos/sin_signed: [B, Lq, 1, D]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # [B, Lk, KVH, D]
         if layout.implementation == "flash_attention_2":

@@ -24,7 +24,7 @@ from paddle.distributed.fleet.utils import recompute
 from .attention import varlen_attention
 from .configuration import Qwen2_5_VLVisionConfig
 from .layers import RMSNorm, SwiGLUMLP
-from .rope import apply_rotary, signed_sin, vision_rotary_freqs
+from .rope import apply_rotary_qk, signed_sin, vision_rotary_freqs
 
 __all__ = ["Qwen2_5_VisionTransformer", "window_index"]
 
@@ -122,8 +122,8 @@ class VisionAttention(nn.Layer):
         # elementwise kernels (the rotary below) are much slower on the strided views of unbind(axis=1).
         q, k, v = qkv.transpose([1, 0, 2, 3]).contiguous().unbind(axis=0)  # each [N, H, D]
         # Rotary in float32 whatever the compute dtype (cos/sin_signed: [N, H, D]).
-        q = apply_rotary(q.astype("float32"), cos, sin_signed).astype(v.dtype)
-        k = apply_rotary(k.astype("float32"), cos, sin_signed).astype(v.dtype)
+        q, k = apply_rotary_qk(q.astype("float32"), k.astype("float32"), cos, sin_signed)
+        q, k = q.astype(v.dtype), k.astype(v.dtype)
         out = varlen_attention(q, k, v, cu_seqlens, cu_seqlens, implementation)  # [N, H, D]
         return self.proj(out.reshape([seq_len, -1]))
 
