@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "flash_attn_varlen.h"
+#include "op_tensors.h"
 #include "paddle/extension.h"
 
 namespace pmq_ops {
@@ -27,10 +28,6 @@ std::vector<paddle::Tensor> varlen_attn_bwd_gpu(
 #endif
 
 namespace {
-
-paddle::Tensor contiguous(const paddle::Tensor& t) {
-  return t.is_contiguous() ? t : t.contiguous();
-}
 
 // t itself when each [len, kv_heads, head_dim] block of the 4-D t is packed
 // (any batch stride), else a contiguous copy.

@@ -11,12 +11,11 @@
 // the decoder) or Ht = H of both q and k (a row per head, the vision tower).
 #include <vector>
 
+#include "op_tensors.h"
 #include "paddle/extension.h"
 
 namespace pmq_ops {
 namespace {
-
-paddle::Tensor contiguous(const paddle::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 // Enough rows for the OpenMP team to pay off (a decode step's 16 heads of one
 // token are a few microseconds of work, less than waking the team).
