@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from harness.checkpoints import DEFAULT_CACHE, ensure_checkpoint
-from harness.common import RESULTS_DIR, run_worker
+from harness.common import RESULTS_DIR, run_worker, write_json_and_markdown
 from harness.libraries import PM_PRECISIONS
 
 GIB = 2**30
@@ -104,9 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         rows.append(row | _verdict(row, args.new_tokens))
         results["load_average"]["end"] = os.getloadavg()
         results["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        args.out_prefix.parent.mkdir(parents=True, exist_ok=True)
-        args.out_prefix.with_suffix(".json").write_text(json.dumps(results, indent=2))
-        args.out_prefix.with_suffix(".md").write_text(markdown_report(results))
+        write_json_and_markdown(args.out_prefix, results, markdown_report(results))
     print(markdown_report(results))
     return results
 

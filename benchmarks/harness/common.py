@@ -61,6 +61,15 @@ def timed(fn: Callable[[], Any], repeats: int) -> List[float]:
     return times
 
 
+def write_json_and_markdown(prefix: Path, results: Dict[str, Any], markdown: str) -> List[Path]:
+    """``prefix``.json (the results) and ``prefix``.md (their report); returns both paths."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [prefix.with_suffix(".json"), prefix.with_suffix(".md")]
+    paths[0].write_text(json.dumps(results, indent=2))
+    paths[1].write_text(markdown)
+    return paths
+
+
 def print_result(result: Dict[str, Any]) -> None:
     """The worker's side of the protocol: its result, one JSON line after RESULT_MARKER."""
     print(RESULT_MARKER + json.dumps(result), flush=True)

@@ -1,10 +1,11 @@
 """The summarized results as files: ``prefix``.json, a markdown table (.md) and a plot (.png)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List
+
+from .common import write_json_and_markdown
 
 ROW_HEADER = [
     "| input | implementation | preprocess s | vision s | prefill s | prefill GFLOP/s | % GEMM peak "
@@ -191,10 +192,7 @@ def plot_report(results: Dict[str, Any], path: Path) -> None:
 
 def write_reports(results: Dict[str, Any], prefix: Path) -> List[Path]:
     """Write ``prefix``.json, .md and .png (the plot when matplotlib is installed)."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = [prefix.with_suffix(".json"), prefix.with_suffix(".md")]
-    paths[0].write_text(json.dumps(results, indent=2))
-    paths[1].write_text(markdown_report(results))
+    paths = write_json_and_markdown(prefix, results, markdown_report(results))
     try:
         plot_report(results, prefix.with_suffix(".png"))
         paths.append(prefix.with_suffix(".png"))
