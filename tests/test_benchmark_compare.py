@@ -354,3 +354,22 @@ def test_the_worker_runs_with_the_standard_library_only():
     proc = subprocess.run([sys.executable, "-S", str(REPO / "benchmarks" / "compare.py"), "--help"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "--paddleformers_python" in proc.stdout, proc.stderr
+
+
+def test_top1_agreement_on_the_trained_demo_model(tmp_path):
+    """benchmarks/top1_trained.py: float32 teacher-forced on its own answers agrees at every
+    position (the forward lines up with the answer), every precision scores those positions, and
+    the trained model's peaked logits keep int8 and int4 above issue 20's thresholds."""
+    from paddlemix_qwen25vl.runtime import default_num_threads
+
+    top1_trained = import_script("benchmarks/top1_trained.py")
+    results = top1_trained.main(["--questions", "4", "--threads", str(default_num_threads()),
+                                 "--out_prefix", str(tmp_path / "top1")])
+    rows = {row["precision"]: row for row in results["rows"]}
+    assert list(rows) == ["float32", "bfloat16", "weight_only_int8", "weight_only_int4"]
+    assert rows["float32"]["top1_agreement"] == 1.0 and rows["float32"]["positions"] >= 8  # answer + end of turn
+    assert {row["positions"] for row in rows.values()} == {rows["float32"]["positions"]}
+    assert rows["weight_only_int8"]["verdict"] == rows["weight_only_int4"]["verdict"] == "PASS"
+    assert results["float32_margin"]["min"] > 0
+    assert json.loads((tmp_path / "top1.json").read_text())["questions"] == 4
+    assert "| weight_only_int4 |" in (tmp_path / "top1.md").read_text()

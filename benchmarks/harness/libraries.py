@@ -98,7 +98,8 @@ class PaddleMix(Library):
         """Whether the compiled weight-only kernels ran (else ops/weight_only.py's pure-Paddle fallback)."""
         return {"weight_only_kernels": self.kernels}
 
-    def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
+    def teacher_logits(self, inputs: Dict[str, Any], continuation: List[int]) -> Any:
+        """The float32 logits ``[len(continuation), V]`` (numpy) of the teacher-forced forward."""
         paddle = self.paddle
         prompt = inputs["input_ids"]
         ids = paddle.concat([prompt, paddle.to_tensor([continuation[:-1]], dtype=prompt.dtype)], axis=1)
@@ -106,7 +107,10 @@ class PaddleMix(Library):
         with paddle.no_grad():
             logits = self.model(input_ids=ids, attention_mask=paddle.ones_like(ids), use_cache=False,
                                 logits_to_keep=len(continuation), **rest).logits  # [1, len(continuation), V]
-        return logits.argmax(axis=-1)[0].numpy().tolist()
+        return logits[0].astype("float32").numpy()
+
+    def teacher_top1(self, inputs: Dict[str, Any], continuation: List[int]) -> List[int]:
+        return self.teacher_logits(inputs, continuation).argmax(axis=-1).tolist()
 
 
 class PaddleFormers(PaddleMix):

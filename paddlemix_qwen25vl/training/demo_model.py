@@ -26,7 +26,7 @@ from ..modeling import Qwen2_5_VLForConditionalGeneration
 from ..processing import Qwen2_5_VLProcessor, fetch_image
 from .data import read_annotation
 
-__all__ = ["init_checkpoint", "evaluate", "export_float16"]
+__all__ = ["init_checkpoint", "question_inputs", "evaluate", "export_float16"]
 
 
 def init_checkpoint(output_dir: str, seed: int = 0) -> str:
@@ -34,6 +34,19 @@ def init_checkpoint(output_dir: str, seed: int = 0) -> str:
     build_demo_checkpoint(output_dir)  # tokenizer, processor and generation config
     save_random_demo_model(output_dir, seed)  # in place of any shipped trained weights
     return output_dir
+
+
+def _question(record: Dict[str, Any]) -> str:
+    return record["messages"][0]["content"].replace("<image>", "")
+
+
+def question_inputs(processor: Qwen2_5_VLProcessor, record: Dict[str, Any], root: str) -> Dict[str, Any]:
+    """The processor's inputs for the single-turn question of a held-out annotation ``record``
+    (its image path relative to ``root``)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _question(record)}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image = fetch_image({"image": os.path.join(root, record["images"][0])})
+    return processor(text=[text], images=[image])
 
 
 def evaluate(model_path: str, annotation: str, limit: int = 0, **load_options: Any) -> Tuple[float, List[Dict[str, str]]]:
@@ -45,14 +58,9 @@ def evaluate(model_path: str, annotation: str, limit: int = 0, **load_options: A
     root = os.path.dirname(os.path.abspath(annotation))
     results = []
     for record in tqdm(records, desc="Evaluating", unit="question", disable=None):
-        question = record["messages"][0]["content"].replace("<image>", "")
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        image = fetch_image({"image": os.path.join(root, record["images"][0])})
-        inputs = processor(text=[text], images=[image])
-        ids, _ = model.generate(**inputs, max_new_tokens=8, decode_strategy="greedy_search")
+        ids, _ = model.generate(**question_inputs(processor, record, root), max_new_tokens=8, decode_strategy="greedy_search")
         answer = processor.decode(ids[0].tolist(), skip_special_tokens=True).strip()
-        results.append({"question": question, "expected": record["messages"][1]["content"], "answer": answer})
+        results.append({"question": _question(record), "expected": record["messages"][1]["content"], "answer": answer})
     correct = sum(r["answer"] == r["expected"] for r in results)
     return correct / max(1, len(results)), results
 
