@@ -370,6 +370,6 @@ def test_top1_agreement_on_the_trained_demo_model(tmp_path):
     assert rows["float32"]["top1_agreement"] == 1.0 and rows["float32"]["positions"] >= 8  # answer + end of turn
     assert {row["positions"] for row in rows.values()} == {rows["float32"]["positions"]}
     assert rows["weight_only_int8"]["verdict"] == rows["weight_only_int4"]["verdict"] == "PASS"
-    assert results["float32_margin"]["min"] > 0
+    assert results["float32_margin"]["median"] > 1.0  # peaked (the random quick model's: 0.117)
     assert json.loads((tmp_path / "top1.json").read_text())["questions"] == 4
     assert "| weight_only_int4 |" in (tmp_path / "top1.md").read_text()
