@@ -36,7 +36,8 @@ import paddle
 import paddle.nn as nn
 from paddlenlp.quantization.quantization_config import QuantizationConfig
 
-from .checkpoint_io import CheckpointError, drop_mapped_pages, tensor_to_numpy, to_float32, to_paddle
+from .checkpoint_io import (CheckpointError, drop_mapped_pages, tensor_to_numpy, to_float32, to_paddle, weight_from_array,
+                            weight_tensor)
 from .distributed.layers import TiedLMHead
 from .loading import Saved, Target, parameter_saved, parameter_target
 from .ops.weight_only import (INT4_GROUP, WEIGHT_KINDS, check_quantized, ensure_weight_only_ops, quantize_weight,
@@ -170,14 +171,14 @@ class _WeightOnlyLayer(nn.Layer):
             return
         rows = value.T if self.transposed else value  # [out, in]; a torch Linear weight's own layout (no copy)
         if self.kind == "bfloat16" and dtype_name == "BF16":
-            self._set(to_paddle(rows, dtype_name, paddle.bfloat16), None)  # the stored words, as they are
+            self._set(weight_from_array(rows).view(paddle.bfloat16), None)  # the stored words, as they are
             return
         self._set(*_quantized_by_chunks(rows, dtype_name, self.kind))
 
     def _take_quantized(self, name: str, expected: str, value: np.ndarray, dtype_name: str) -> None:
         if dtype_name != expected:
             raise CheckpointError(f"{self.kind} {name} must be stored as {expected}, found {dtype_name}")
-        self._pending[name] = paddle.to_tensor(np.ascontiguousarray(value))
+        self._pending[name] = weight_from_array(value)
         if len(self._pending) < 2:
             return  # the other half comes next
         self._set(self._pending.pop("qweight"), self._pending.pop("scales"))
@@ -216,9 +217,8 @@ def _quantized_by_chunks(rows: np.ndarray, dtype_name: str, kind: str) -> Tuple[
     """``(qweight, scales)`` of the stored float weight ``rows [out, in]``, quantised
     _ROWS_PER_CHUNK rows at a time (rows are independent) into tensors allocated once: neither a
     float32 copy nor a concatenation ever holds the whole weight (the 3B's embedding is 1.2 GB
-    in float32, and a concatenation would need its quantised size twice)."""
-    if rows.shape[0] <= _ROWS_PER_CHUNK:  # one chunk: its result is the tensor, no copy
-        return quantize_weight(paddle.to_tensor(np.ascontiguousarray(to_float32(rows, dtype_name))), kind)
+    in float32, and a concatenation would need its quantised size twice). qweight is a
+    :func:`weight_tensor` (huge pages), even for one chunk: decode streams it every step."""
     qweight = scales = None
     for start in range(0, rows.shape[0], _ROWS_PER_CHUNK):
         stored = rows[start:start + _ROWS_PER_CHUNK]
@@ -226,7 +226,7 @@ def _quantized_by_chunks(rows: np.ndarray, dtype_name: str, kind: str) -> Tuple[
         drop_mapped_pages(stored)  # read: its file pages need not stay in this process
         q, s = quantize_weight(chunk, kind)
         if qweight is None:
-            qweight = paddle.empty([rows.shape[0], *q.shape[1:]], dtype=q.dtype)
+            qweight = weight_tensor([rows.shape[0], *q.shape[1:]], q.dtype)
             scales = None if s is None else paddle.empty([rows.shape[0], *s.shape[1:]], dtype=s.dtype)
         qweight[start:start + q.shape[0]] = q
         if s is not None:

@@ -133,6 +133,35 @@ def test_layer_output_error_bound(kind, bound):
     assert _relative_error(layer(x).numpy(), linear(x).numpy()) <= bound
 
 
+def _vm_flags(address):
+    """The VmFlags of this process's mapping that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields[0] == "VmFlags:" and inside:
+                return fields[1:]
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                inside = low <= address < high
+    return []
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+                    reason="no transparent huge pages here (Linux with THP only)")
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_weights_ask_for_huge_pages(kind):
+    """A weight-only layer's stored weight (int4: 4 MiB here) is advised MADV_HUGEPAGE before it
+    is written, the "hg" flag of its mapping: the kernel backs it with 2 MiB pages where its THP
+    mode allows (checkpoint_io.weight_tensor)."""
+    linear = paddle.nn.Linear(2048, 4096)
+    layer = WeightOnlyLinear(linear, kind)
+    value = linear.weight.numpy()
+    layer.take_float(*((_bf16_words(value), "BF16") if kind == "bfloat16" else (value, "F32")))
+    first_huge_page = -(-layer.qweight.data_ptr() // (2 << 20)) * (2 << 20)
+    assert "hg" in _vm_flags(first_huge_page)
+
+
 @pytest.mark.parametrize("quant_type,bound", [("weight_only_int8", 0.02), ("weight_only_int4", 0.25)])
 def test_quantised_logits_error_bound(tiny_checkpoint, inputs, float32_logits, quant_type, bound):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, quant_type=quant_type)
