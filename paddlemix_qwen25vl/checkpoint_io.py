@@ -99,7 +99,7 @@ def weight_tensor(shape: Sequence[int], dtype: Union[str, paddle.dtype]) -> padd
     its pages fault in as 2 MiB transparent huge pages (``madvise(MADV_HUGEPAGE)`` before the
     first write, where the kernel's THP mode is ``madvise`` or ``always``): a weight stream then
     crosses a page, where the hardware prefetchers stop and the TLB misses, every 2 MiB instead
-    of every 4 KiB (a bfloat16 decode step ~8 % shorter; benchmarks/README.md, "Huge pages").
+    of every 4 KiB (a bfloat16 decode step 5-8 % shorter; benchmarks/README.md, "Huge pages").
     Anywhere else, or if the kernel refuses, ordinary pages."""
     tensor = paddle.empty(list(shape), dtype=dtype)
     nbytes = math.prod(shape) * tensor.element_size()
