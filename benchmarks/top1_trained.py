@@ -9,7 +9,7 @@ greedily answers ``--questions`` held-out questions (images never seen in traini
 precision runs one forward over every prompt followed by float32's answer, end of turn
 included, and counts the answer positions whose most likely token is float32's (compare.py's
 teacher forcing, ``harness.libraries.PaddleMix.teacher_top1``). Beside it, each precision's own
-exact-match accuracy on those questions (``paddlemix_qwen25vl.training.demo_model.evaluate``),
+exact-match accuracy on those questions (``paddlemix_qwen25vl.training.demo_model.score``),
 and how far float32's first choice leads its second at those positions (the margin a rounding
 error would have to close; the quick model's is a median of 0.117 logits).
 
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.common import RESULTS_DIR, write_json_and_markdown
-from harness.libraries import PM_PRECISIONS, PaddleMix, precision_kwargs
+from harness.libraries import PM_PRECISIONS, PaddleMix
 
 # issue 20's thresholds, stated for the quick model (teacher-forced, against float32)
 TARGETS = {"weight_only_int8": 0.99, "weight_only_int4": 0.95}
@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from paddlemix_qwen25vl.demo import demo_checkpoint
     from paddlemix_qwen25vl.tools.make_synthetic_dataset import make_dataset
     from paddlemix_qwen25vl.training.data import read_annotation
-    from paddlemix_qwen25vl.training.demo_model import evaluate, question_inputs
+    from paddlemix_qwen25vl.training.demo_model import question_inputs, score
 
     checkpoint = demo_checkpoint()
     results: Dict[str, Any] = {"checkpoint": checkpoint, "questions": args.questions, "threads": args.threads, "rows": []}
@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for precision in args.precisions:
             lib = reference if precision == "float32" else _library(checkpoint, precision, args.threads)
             row = agreement_row(lib, precision, inputs, answers)
-            row["accuracy"], _ = evaluate(checkpoint, annotation, **precision_kwargs(precision))
+            row["accuracy"], _ = score(lib.model, lib.processor, annotation)
             results["rows"].append(row)
     results["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_and_markdown(args.out_prefix, results, markdown_report(results))

@@ -10,6 +10,7 @@ no random access).
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import mmap
@@ -94,6 +95,11 @@ def to_paddle(array: np.ndarray, dtype_name: str, dtype: paddle.dtype) -> paddle
 _HUGE_PAGE = 2 << 20  # x86-64's transparent huge page
 
 
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # the C library this process already runs on (madvise of any address)
+
+
 def weight_tensor(shape: Sequence[int], dtype: Union[str, paddle.dtype]) -> paddle.Tensor:
     """An uninitialised CPU tensor for a weight that every decode step reads in full. On Linux
     its pages fault in as 2 MiB transparent huge pages (``madvise(MADV_HUGEPAGE)`` before the
@@ -108,7 +114,7 @@ def weight_tensor(shape: Sequence[int], dtype: Union[str, paddle.dtype]) -> padd
         return tensor
     first = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE  # whole huge pages inside the tensor only
     last = (tensor.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), advice)  # refused: ordinary pages
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), advice)  # refused: ordinary pages
     return tensor
 
 

@@ -26,7 +26,7 @@ from ..modeling import Qwen2_5_VLForConditionalGeneration
 from ..processing import Qwen2_5_VLProcessor, fetch_image
 from .data import read_annotation
 
-__all__ = ["init_checkpoint", "question_inputs", "evaluate", "export_float16"]
+__all__ = ["init_checkpoint", "question_inputs", "evaluate", "score", "export_float16"]
 
 
 def init_checkpoint(output_dir: str, seed: int = 0) -> str:
@@ -54,6 +54,12 @@ def evaluate(model_path: str, annotation: str, limit: int = 0, **load_options: A
     (``load_options``, e.g. ``quant_type``, go to ``from_pretrained``)."""
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, **load_options)
     processor = Qwen2_5_VLProcessor.from_pretrained(model_path)
+    return score(model, processor, annotation, limit)
+
+
+def score(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProcessor, annotation: str,
+          limit: int = 0) -> Tuple[float, List[Dict[str, str]]]:
+    """:func:`evaluate` with a loaded ``model`` and ``processor``."""
     records = read_annotation(annotation)[: limit or None]
     root = os.path.dirname(os.path.abspath(annotation))
     results = []
