@@ -16,6 +16,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import paddle
 
+from .rope import DecodeRotaryTable
+
 __all__ = ["KVCache", "BatchKVCache"]
 
 
@@ -27,6 +29,9 @@ class KVCache:
     allocated at the first update and later tokens are written in place; ``update`` returns
     views of the filled prefix. Without it every step concatenates, copying the whole cache,
     which grows with the context (8 MB per layer per step at 4k tokens for the 3B).
+    Such a cache also holds the rotary tables of the decode positions it has room for
+    (``rotary``, a :class:`~paddlemix_qwen25vl.rope.DecodeRotaryTable` the model builds at the first
+    decode step).
     """
 
     def __init__(self, num_layers: int, capacity: Optional[int] = None) -> None:
@@ -36,6 +41,7 @@ class KVCache:
         self.keys: List[Optional[paddle.Tensor]] = [None] * num_layers  # [B, L or capacity, KVH, D]
         self.values: List[Optional[paddle.Tensor]] = [None] * num_layers
         self.lengths: List[int] = [0] * num_layers  # tokens cached per layer
+        self.rotary: Optional[DecodeRotaryTable] = None
 
     def get_seq_length(self) -> int:
         """Tokens already cached (0 before the first forward)."""

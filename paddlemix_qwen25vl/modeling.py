@@ -30,7 +30,7 @@ from .distributed.layers import ColumnParallelLinear, TiedLMHead
 from .generation import generate
 from .loading import resolve_model_path, save_weights
 from .quantization import quantize_model, resolve_weight_kind, saved_quant_type
-from .rope import rope_index, rope_index_options
+from .rope import DecodeRotaryTable, rope_index, rope_index_options
 from .runtime import prepare_cpu, resolve_precision
 from .text import Qwen2_5_VLTextModel
 from .vision import Qwen2_5_VisionTransformer
@@ -167,6 +167,20 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         positions = positions + rope_deltas.astype("int64").reshape([-1, 1])
         return positions.expand([batch, length]).unsqueeze(0).expand([3, batch, length])
 
+    def _decode_rotary(self, cache: Any, past_len: int, inputs_embeds: paddle.Tensor,
+                       rope_deltas: paddle.Tensor) -> Optional[Tuple[paddle.Tensor, paddle.Tensor]]:
+        """A decode step's rotary tables ``[B, L, 1, D]`` from the ones its preallocated
+        :class:`KVCache` holds for the generation (built at its first decode step), or None for
+        other caches (a growing cache, the serving engine's) or deltas the tables are not for."""
+        if not isinstance(cache, KVCache) or cache.capacity is None or cache.capacity <= past_len:
+            return None  # (a full cache: its update names the problem)
+        batch, length, _ = inputs_embeds.shape
+        if cache.rotary is None:
+            positions = self._decode_positions(batch, cache.capacity - past_len, past_len, rope_deltas)
+            cache.rotary = DecodeRotaryTable(rope_deltas, past_len, positions, self.model.rotary.inv_freq,
+                                             self.config.mrope_section, inputs_embeds.dtype)
+        return cache.rotary.rows(rope_deltas, past_len, length, inputs_embeds.dtype)
+
     def forward(
         self,
         input_ids: Optional[paddle.Tensor] = None,
@@ -210,12 +224,16 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        position_ids, rope_deltas = self._positions(
-            input_ids, inputs_embeds, position_ids, attention_mask, past_len, rope_deltas,
-            image_grid_thw, video_grid_thw, second_per_grid_ts,
-        )
+        rotary = None
+        if position_ids is None and past_len > 0 and rope_deltas is not None:
+            rotary = self._decode_rotary(past_key_values, past_len, inputs_embeds, rope_deltas)
+        if rotary is None:
+            position_ids, rope_deltas = self._positions(
+                input_ids, inputs_embeds, position_ids, attention_mask, past_len, rope_deltas,
+                image_grid_thw, video_grid_thw, second_per_grid_ts,
+            )
         # 3. the decoder
-        hidden_states, past_key_values = self.model(inputs_embeds, position_ids, attention_mask, past_key_values)
+        hidden_states, past_key_values = self.model(inputs_embeds, position_ids, attention_mask, past_key_values, rotary)
         # 4. logits and loss
         if logits_to_keep > 0:
             if labels is not None:

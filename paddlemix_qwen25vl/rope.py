@@ -23,6 +23,7 @@ __all__ = [
     "rotary_inv_freq",
     "vision_rotary_freqs",
     "mrope_cos_sin",
+    "DecodeRotaryTable",
     "rope_index",
     "rope_index_options",
 ]
@@ -122,6 +123,34 @@ def mrope_cos_sin(
     freqs = paddle.concat([chunk[axis] for axis, chunk in enumerate(chunks)], axis=-1)  # [B, L, D // 2]
     emb = paddle.concat([freqs, freqs], axis=-1)  # [B, L, D]
     return emb.cos().astype(dtype), signed_sin(emb.sin()).astype(dtype)
+
+
+class DecodeRotaryTable:
+    """The cos / signed sin tables of every decode position of one generation, built once.
+
+    A decode step's MRoPE positions are ``past_len + rope_delta`` on all three axes, so the
+    tables of the steps after ``first .. last - 1`` cached tokens are one :func:`mrope_cos_sin`
+    call (the same elementwise float32 math, so the same values). A step then takes two slices
+    instead of the ~20 operators of its positions and tables, ~1 ms of a CPU decode step with
+    the caches cold (benchmarks/README.md, "The generation loop").
+    """
+
+    def __init__(self, rope_deltas: paddle.Tensor, first: int, positions: paddle.Tensor, inv_freq: paddle.Tensor,
+                 mrope_section: Sequence[int], dtype: paddle.dtype) -> None:
+        """``positions [3, B, T]``: those of the steps after ``first .. first + T - 1`` cached
+        tokens, from ``rope_deltas [B, 1]``."""
+        self.rope_deltas, self.first, self.last, self.dtype = rope_deltas, first, first + positions.shape[-1], dtype
+        cos, sin_signed = mrope_cos_sin(positions, inv_freq, mrope_section, dtype)
+        self.cos, self.sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, T, 1, D]
+
+    def rows(self, rope_deltas: paddle.Tensor, past_len: int, length: int,
+             dtype: paddle.dtype) -> Optional[Tuple[paddle.Tensor, paddle.Tensor]]:
+        """cos / signed sin ``[B, length, 1, D]`` of the step after ``past_len`` cached tokens, or
+        None when this table is not for them (other deltas, positions or dtype)."""
+        start = past_len - self.first
+        if rope_deltas is not self.rope_deltas or dtype != self.dtype or start < 0 or past_len + length > self.last:
+            return None
+        return self.cos[:, start:start + length], self.sin_signed[:, start:start + length]
 
 
 def rope_index_options(config: Any) -> Dict[str, Any]:

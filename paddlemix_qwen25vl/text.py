@@ -169,12 +169,15 @@ class Qwen2_5_VLTextModel(nn.Layer):
     def forward(
         self,
         inputs_embeds: paddle.Tensor,
-        position_ids: paddle.Tensor,
+        position_ids: Optional[paddle.Tensor],
         attention_mask: Optional[paddle.Tensor] = None,
         past_key_values: Optional[KVCache] = None,
+        rotary: Optional[Tuple[paddle.Tensor, paddle.Tensor]] = None,
     ) -> Tuple[paddle.Tensor, Optional[KVCache]]:
         """``inputs_embeds [B, L, C]``, ``position_ids [3, B, L]``, ``attention_mask [B, past + L]``
-        (0 = padding; packed samples numbered 1, 2, ... attend only within themselves)."""
+        (0 = padding; packed samples numbered 1, 2, ... attend only within themselves).
+        ``rotary``: these positions' cos / signed sin tables ``[B, L, 1, D]`` already computed
+        (a decode step's, :class:`~paddlemix_qwen25vl.rope.DecodeRotaryTable`), instead of position_ids."""
         batch, q_len, _ = inputs_embeds.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         implementation = resolve_attn_implementation(self.config.attn_implementation, inputs_embeds)
@@ -192,8 +195,11 @@ class Qwen2_5_VLTextModel(nn.Layer):
             layout = AttentionLayout(implementation, mask=mask,
                                      key_starts=None if starts is None else paddle.to_tensor(starts))
 
-        cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
-        cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, D]: broadcast over heads
+        if rotary is None:
+            cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
+            cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, D]: broadcast over heads
+        else:
+            cos, sin_signed = rotary
 
         hidden_states = inputs_embeds
         for layer in self.layers:

@@ -179,3 +179,27 @@ def test_choose_next_tokens_log_probabilities():
     tokens, log_probs = choose_next_tokens(paddle.to_tensor(logits), sample=True)
     assert np.isfinite(reference[np.arange(3), tokens]).all()  # never a suppressed token
     np.testing.assert_allclose(log_probs[:, 0], reference[np.arange(3), tokens], rtol=1e-6, atol=1e-5)
+
+
+def test_decode_rotary_tables_equal_per_step_positions(models, monkeypatch):
+    """generate's decode steps take their rotary tables from the ones built at the first step
+    (DecodeRotaryTable): bitwise the tokens and scores of per-step positions and tables, on a
+    padded batch whose MRoPE deltas differ per row."""
+    _, model = models
+    inputs = gen_inputs(CASES[5][1])
+    options = dict(max_new_tokens=12, min_new_tokens=12, decode_strategy="greedy_search", **STOP)
+    built = []
+    original = Qwen2_5_VLForConditionalGeneration._decode_rotary
+
+    def recording(self, cache, *args):
+        rows = original(self, cache, *args)
+        built.append(id(cache.rotary))
+        return rows
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "_decode_rotary", recording)
+    tokens, scores = ours(model, inputs, **options)
+    assert len(built) == 11 and len(set(built)) == 1, "one table, built at the first of the 11 decode steps"
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "_decode_rotary", lambda self, *args: None)
+    expected, expected_scores = ours(model, inputs, **options)
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_array_equal(scores, expected_scores)
