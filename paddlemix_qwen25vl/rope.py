@@ -132,7 +132,7 @@ class DecodeRotaryTable:
     tables of the steps after ``first .. last - 1`` cached tokens are one :func:`mrope_cos_sin`
     call (the same elementwise float32 math, so the same values). A step then takes two slices
     instead of the ~20 operators of its positions and tables, ~1 ms of a CPU decode step with
-    the caches cold (benchmarks/README.md, "The generation loop").
+    the caches cold (benchmarks/README.md, "Rotary tables once per generation").
     """
 
     def __init__(self, rope_deltas: paddle.Tensor, first: int, positions: paddle.Tensor, inv_freq: paddle.Tensor,
