@@ -112,8 +112,8 @@ def vision_rotary_freqs(grid_thw: np.ndarray, head_dim: int, spatial_merge_size:
 def mrope_cos_sin(
     position_ids: paddle.Tensor, inv_freq: paddle.Tensor, mrope_section: Sequence[int], dtype: str
 ) -> Tuple[paddle.Tensor, paddle.Tensor]:
-    """cos and signed sin (:func:`signed_sin`) ``[B, L, D]`` for MRoPE position ids
-    ``[3, B, L]`` (T, H, W), the tables :func:`apply_rotary` takes.
+    """cos and signed sin (:func:`signed_sin`) ``[B, L, 1, D]`` for MRoPE position ids
+    ``[3, B, L]`` (T, H, W), the tables :func:`apply_rotary` takes (broadcast over heads).
 
     Rotary frequency block j of ``mrope_section`` (e.g. [16, 24, 24]) takes its angle from
     position axis j, in both halves of the head dimension. Computed in float32.
@@ -121,7 +121,7 @@ def mrope_cos_sin(
     freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq  # [3, B, L, D // 2]
     chunks = paddle.split(freqs, list(mrope_section), axis=-1)
     freqs = paddle.concat([chunk[axis] for axis, chunk in enumerate(chunks)], axis=-1)  # [B, L, D // 2]
-    emb = paddle.concat([freqs, freqs], axis=-1)  # [B, L, D]
+    emb = paddle.concat([freqs, freqs], axis=-1).unsqueeze(2)  # [B, L, 1, D]
     return emb.cos().astype(dtype), signed_sin(emb.sin()).astype(dtype)
 
 
@@ -129,7 +129,7 @@ class DecodeRotaryTable:
     """The cos / signed sin tables of every decode position of one generation, built once.
 
     A decode step's MRoPE positions are ``past_len + rope_delta`` on all three axes, so the
-    tables of the steps after ``first .. last - 1`` cached tokens are one :func:`mrope_cos_sin`
+    tables of the steps after ``first .. first + T - 1`` cached tokens are one :func:`mrope_cos_sin`
     call (the same elementwise float32 math, so the same values). A step then takes two slices
     instead of the ~20 operators of its positions and tables, ~1 ms of a CPU decode step with
     the caches cold (benchmarks/README.md, "Rotary tables once per generation").
@@ -139,16 +139,15 @@ class DecodeRotaryTable:
                  mrope_section: Sequence[int], dtype: paddle.dtype) -> None:
         """``positions [3, B, T]``: those of the steps after ``first .. first + T - 1`` cached
         tokens, from ``rope_deltas [B, 1]``."""
-        self.rope_deltas, self.first, self.last, self.dtype = rope_deltas, first, first + positions.shape[-1], dtype
-        cos, sin_signed = mrope_cos_sin(positions, inv_freq, mrope_section, dtype)
-        self.cos, self.sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, T, 1, D]
+        self.rope_deltas, self.first = rope_deltas, first
+        self.cos, self.sin_signed = mrope_cos_sin(positions, inv_freq, mrope_section, dtype)  # [B, T, 1, D]
 
     def rows(self, rope_deltas: paddle.Tensor, past_len: int, length: int,
              dtype: paddle.dtype) -> Optional[Tuple[paddle.Tensor, paddle.Tensor]]:
         """cos / signed sin ``[B, length, 1, D]`` of the step after ``past_len`` cached tokens, or
         None when this table is not for them (other deltas, positions or dtype)."""
         start = past_len - self.first
-        if rope_deltas is not self.rope_deltas or dtype != self.dtype or start < 0 or past_len + length > self.last:
+        if rope_deltas is not self.rope_deltas or dtype != self.cos.dtype or start < 0 or start + length > self.cos.shape[1]:
             return None
         return self.cos[:, start:start + length], self.sin_signed[:, start:start + length]
 

@@ -195,11 +195,8 @@ class Qwen2_5_VLTextModel(nn.Layer):
             layout = AttentionLayout(implementation, mask=mask,
                                      key_starts=None if starts is None else paddle.to_tensor(starts))
 
-        if rotary is None:
-            cos, sin_signed = mrope_cos_sin(position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
-            cos, sin_signed = cos.unsqueeze(2), sin_signed.unsqueeze(2)  # [B, L, 1, D]: broadcast over heads
-        else:
-            cos, sin_signed = rotary
+        cos, sin_signed = rotary if rotary is not None else mrope_cos_sin(  # [B, L, 1, D]
+            position_ids, self.rotary.inv_freq, self.config.mrope_section, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
         for layer in self.layers:

@@ -53,11 +53,11 @@ def test_decode_rotary_table_rows_equal_per_step_tables():
     table = DecodeRotaryTable(deltas, 9, steps.unsqueeze(0).expand([3, 2, 11]), inv_freq, section, paddle.float32)
     for past_len in (9, 14, 19):
         positions = (past_len + deltas).unsqueeze(0).expand([3, 2, 1])  # [3, B, 1]
-        cos, sin_signed = mrope_cos_sin(positions, inv_freq, section, paddle.float32)  # [B, 1, D]
+        cos, sin_signed = mrope_cos_sin(positions, inv_freq, section, paddle.float32)  # [B, 1, 1, D]
         got_cos, got_sin = table.rows(deltas, past_len, 1, paddle.float32)
         assert got_cos.shape == [2, 1, 1, head_dim]
-        np.testing.assert_array_equal(got_cos.numpy()[:, :, 0], cos.numpy())
-        np.testing.assert_array_equal(got_sin.numpy()[:, :, 0], sin_signed.numpy())
+        np.testing.assert_array_equal(got_cos.numpy(), cos.numpy())
+        np.testing.assert_array_equal(got_sin.numpy(), sin_signed.numpy())
     assert table.rows(deltas.clone(), 9, 1, paddle.float32) is None, "other deltas: per-step tables"
     assert table.rows(deltas, 8, 1, paddle.float32) is None and table.rows(deltas, 20, 1, paddle.float32) is None
     assert table.rows(deltas, 9, 1, paddle.bfloat16) is None
